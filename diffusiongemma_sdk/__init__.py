@@ -1,0 +1,106 @@
+"""diffusiongemma-sdk: one typed client for Google's DiffusionGemma on NIM, OpenAI-compatible servers and local engines.
+
+from diffusiongemma_sdk import AsyncDiffusionGemma
+
+async with AsyncDiffusionGemma("nim") as client:
+    generation = await client.generate("Sort these numbers: 17 4 9")
+    print(generation.text)
+"""
+
+from diffusiongemma_sdk._version import __version__
+from diffusiongemma_sdk.backend import Backend, BackendOptions, Capabilities, GenerationRequest, ModelInfo
+from diffusiongemma_sdk.client import AsyncDiffusionGemma, GenerationStream
+from diffusiongemma_sdk.errors import (
+    APIConnectionError,
+    APIError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BackendNotInstalledError,
+    BadRequestError,
+    ConfigurationError,
+    ConflictError,
+    DiffusionGemmaError,
+    GenerationCancelled,
+    InternalServerError,
+    InvalidRequestError,
+    NotFoundError,
+    OutputValidationError,
+    PermissionDeniedError,
+    RateLimitError,
+    RequestTimeoutError,
+    UnprocessableEntityError,
+    UnsupportedParameterError,
+)
+from diffusiongemma_sdk.policy import UnsupportedParameterWarning
+from diffusiongemma_sdk.sync import DiffusionGemma, SyncGenerationStream
+from diffusiongemma_sdk.tools import Tool
+from diffusiongemma_sdk.types import (
+    CanvasEvent,
+    DenoiseStepEvent,
+    DiffusionParams,
+    DoneEvent,
+    FinishReason,
+    Generation,
+    ImagePart,
+    Message,
+    ReasoningEvent,
+    StreamEvent,
+    TextPart,
+    ToolCall,
+    ToolCallEvent,
+    Usage,
+    UsageEvent,
+)
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncDiffusionGemma",
+    "AuthenticationError",
+    "Backend",
+    "BackendNotInstalledError",
+    "BackendOptions",
+    "BadRequestError",
+    "CanvasEvent",
+    "Capabilities",
+    "ConfigurationError",
+    "ConflictError",
+    "DenoiseStepEvent",
+    "DiffusionGemma",
+    "DiffusionGemmaError",
+    "DiffusionParams",
+    "DoneEvent",
+    "FinishReason",
+    "Generation",
+    "GenerationCancelled",
+    "GenerationRequest",
+    "GenerationStream",
+    "ImagePart",
+    "InternalServerError",
+    "InvalidRequestError",
+    "Message",
+    "ModelInfo",
+    "NotFoundError",
+    "OutputValidationError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ReasoningEvent",
+    "RequestTimeoutError",
+    "StreamEvent",
+    "SyncGenerationStream",
+    "TextPart",
+    "Tool",
+    "ToolCall",
+    "ToolCallEvent",
+    "UnprocessableEntityError",
+    "UnsupportedParameterError",
+    "UnsupportedParameterWarning",
+    "Usage",
+    "UsageEvent",
+    "__version__",
+]

@@ -1,0 +1,76 @@
+"""Remote backends: the hosted NVIDIA NIM API (`nim`) and any OpenAI-compatible server (`openai:`)."""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+from pydantic import SecretStr
+
+from diffusiongemma_sdk.backend import BackendOptions, Capabilities
+from diffusiongemma_sdk.errors import ConfigurationError
+from diffusiongemma_sdk.remote.backend import RemoteBackend
+
+__all__ = [
+    "NIM_BASE_URL",
+    "NIM_CAPABILITIES",
+    "NIM_MODEL",
+    "OPENAI_COMPATIBLE_CAPABILITIES",
+    "RemoteBackend",
+    "create_nim_backend",
+    "create_openai_backend",
+]
+
+NIM_BASE_URL = "https://integrate.api.nvidia.com/v1"
+NIM_MODEL = "google/diffusiongemma-26b-a4b-it"
+
+# Hosted NIM and released vLLM ignore per-request diffusion knobs, never stream drafts, reject constrained
+# decoding with a 400, and NIM's DiffusionGemma variant lists logprobs as unsupported.
+NIM_CAPABILITIES = Capabilities(per_request_diffusion=False, denoise_stream=False, images=True)
+OPENAI_COMPATIBLE_CAPABILITIES = NIM_CAPABILITIES
+
+
+def create_nim_backend(target: str, options: BackendOptions) -> RemoteBackend:
+    """`nim` or `nim:<model>`: the hosted API, key from `NVIDIA_API_KEY` (`NVIDIA_BASE_URL` overrides the URL)."""
+    api_key = options.api_key or _env_secret("NVIDIA_API_KEY")
+    if api_key is None:
+        raise ConfigurationError(
+            "The nim backend needs an API key: set NVIDIA_API_KEY (get one at build.nvidia.com) or pass api_key=."
+        )
+    model = target or NIM_MODEL
+    return RemoteBackend(
+        name=f"nim:{model}",
+        base_url=os.environ.get("NVIDIA_BASE_URL") or NIM_BASE_URL,
+        model=model,
+        api_key=api_key,
+        capabilities=NIM_CAPABILITIES,
+        timeout=options.timeout,
+        max_retries=options.max_retries,
+    )
+
+
+def create_openai_backend(target: str, options: BackendOptions) -> RemoteBackend:
+    """`openai:<base_url>[#<model>]`: any OpenAI-compatible server; key from api_key= or `DIFFUSIONGEMMA_API_KEY`."""
+    base_url, _, model = target.partition("#")
+    try:
+        url = httpx.URL(base_url)
+    except httpx.InvalidURL:
+        url = httpx.URL("")
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigurationError(
+            f"The openai backend needs a base URL, e.g. openai:http://127.0.0.1:8000/v1#my-model (got {target!r})."
+        )
+    return RemoteBackend(
+        name=f"openai:{target}",
+        base_url=base_url,
+        model=model or None,
+        api_key=options.api_key or _env_secret("DIFFUSIONGEMMA_API_KEY"),
+        capabilities=OPENAI_COMPATIBLE_CAPABILITIES,
+        timeout=options.timeout,
+        max_retries=options.max_retries,
+    )
+
+
+def _env_secret(name: str) -> SecretStr | None:
+    value = os.environ.get(name, "").strip()
+    return SecretStr(value) if value else None
