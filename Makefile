@@ -30,8 +30,8 @@ unit: install
 test: lint typecheck unit
 
 demo: install
-	@echo "make demo arrives with the bundled demo model (issue: 'Bundled demo model and make demo')."
-	@echo "Until then, try a remote backend:  $(BIN)/python examples/quickstart.py"
+	@echo "make demo runs the bundled demo model once it lands (issue: 'Bundled demo model and make demo')."
+	@echo "Until then, use a remote backend: see README.md, Quick start."
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -50,10 +50,13 @@ class ScriptedServer:
         self.replies: deque[Reply] = deque()
         self.requests: list[RecordedRequest] = []
         self.disconnects = 0
+        self.default_delay = 0.0
+        self.active = 0
+        self.max_active = 0
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
 
     @property
     def url(self) -> str:
@@ -87,7 +90,7 @@ class ScriptedServer:
         text = f"echo: {content if isinstance(content, str) else json.dumps(content)}"
         usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
         if not body.get("stream"):
-            return Reply(body=completion(text, usage=usage, model=body.get("model")))
+            return Reply(body=completion(text, usage=usage, model=body.get("model")), delay=self.default_delay)
         half = len(text) // 2
         return Reply(
             events=[
@@ -157,7 +160,13 @@ def _make_handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             self._record(body)
             with server._lock:
                 reply = server.replies.popleft() if server.replies else server.default_reply(body or {})
-            self._answer(reply)
+                server.active += 1
+                server.max_active = max(server.max_active, server.active)
+            try:
+                self._answer(reply)
+            finally:
+                with server._lock:
+                    server.active -= 1
 
         def _record(self, body: Any) -> None:
             server.requests.append(
