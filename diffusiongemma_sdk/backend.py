@@ -46,6 +46,9 @@ class GenerationRequest(BaseModel):
     diffusion: DiffusionParams | None = None
     seed: int | None = None
     stop: list[str] = Field(default_factory=list)
+    response_schema: dict[str, Any] | None = Field(
+        default=None, description="JSON schema the answer must match; sent only to backends with native support."
+    )
     timeout: float | None = Field(default=None, gt=0, description="Per-call override of the client's timeout.")
     max_retries: int | None = Field(default=None, ge=0, description="Per-call override of the client's retries.")
 

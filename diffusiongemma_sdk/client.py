@@ -18,10 +18,11 @@ from diffusiongemma_sdk.backend import (
     GenerationRequest,
     ModelInfo,
 )
-from diffusiongemma_sdk.errors import GenerationCancelled, InvalidRequestError
+from diffusiongemma_sdk.errors import GenerationCancelled, InvalidRequestError, describe_validation_error
 from diffusiongemma_sdk.messages import PromptInput, normalize_messages
 from diffusiongemma_sdk.policy import UnsupportedPolicy, apply_policy
 from diffusiongemma_sdk.spec import create_backend
+from diffusiongemma_sdk.structured import generate_structured
 from diffusiongemma_sdk.tools import Tool, as_tool
 from diffusiongemma_sdk.types import (
     CanvasEvent,
@@ -72,7 +73,7 @@ class AsyncDiffusionGemma:
                     extra=backend_options or {},
                 )
             except ValidationError as exc:
-                raise InvalidRequestError(f"Invalid client option: {exc.errors()[0]['msg']}") from None
+                raise InvalidRequestError(f"Invalid client option: {describe_validation_error(exc)}") from None
             self._backend = create_backend(backend, options)
 
     @property
@@ -101,17 +102,33 @@ class AsyncDiffusionGemma:
         stop: str | Sequence[str] | None = None,
         timeout: float | None = None,
         max_retries: int | None = None,
+        response_model: type[BaseModel] | None = None,
+        max_validation_retries: int = 2,
     ) -> Generation:
         """Generate one answer.
 
         `prompt` is a string, a `Message`, an OpenAI-style dict, or a list of them (tool results as `tool` messages
         with `tool_call_id`). `tools` are `Tool` objects, typed functions or pydantic models; `tool_choice` is
         "auto", "none", "required" or a tool's name. `diffusion` tunes the sampler where the backend allows it.
+        With `response_model`, the answer is validated into that pydantic model (`Generation.parsed`), re-asking up
+        to `max_validation_retries` times before raising `OutputValidationError`.
         """
         request = self._request(
             prompt, max_tokens, thinking, tools, tool_choice, diffusion, seed, stop, timeout, max_retries
         )
-        return await self._backend.generate(request)
+        if response_model is None:
+            return await self._backend.generate(request)
+        if request.tools:
+            raise InvalidRequestError("response_model cannot be combined with tools; pass one or the other.")
+        if max_validation_retries < 0:
+            raise InvalidRequestError("max_validation_retries must be 0 or more")
+        return await generate_structured(
+            self._backend.generate,
+            request,
+            response_model,
+            native=self.capabilities.native_structured_output,
+            max_validation_retries=max_validation_retries,
+        )
 
     def stream(
         self,
@@ -237,8 +254,7 @@ class AsyncDiffusionGemma:
                 max_retries=max_retries,
             )
         except ValidationError as exc:
-            details = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
-            raise InvalidRequestError(f"Invalid request: {details}") from None
+            raise InvalidRequestError(f"Invalid request: {describe_validation_error(exc)}") from None
         return apply_policy(request, self.capabilities, backend=self._backend.name, policy=self.unsupported)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 if TYPE_CHECKING:
     from diffusiongemma_sdk.types import Generation
 
@@ -29,6 +31,7 @@ __all__ = [
     "RequestTimeoutError",
     "UnprocessableEntityError",
     "UnsupportedParameterError",
+    "describe_validation_error",
     "status_error_class",
 ]
 
@@ -203,3 +206,8 @@ def status_error_class(status_code: int) -> type[APIStatusError]:
     if status_code >= 500:
         return InternalServerError
     return _STATUS_ERRORS.get(status_code, APIStatusError)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem of a pydantic error: `field.path: message`."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())

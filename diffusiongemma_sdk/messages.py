@@ -8,7 +8,7 @@ from typing import Any, TypeAlias
 
 from pydantic import ValidationError
 
-from diffusiongemma_sdk.errors import InvalidRequestError
+from diffusiongemma_sdk.errors import InvalidRequestError, describe_validation_error
 from diffusiongemma_sdk.types import Generation, ImagePart, Message, TextPart, ToolCall
 
 __all__ = ["MessageInput", "PromptInput", "normalize_messages"]
@@ -89,9 +89,7 @@ def _tool_call(call: Any) -> ToolCall:
 
 def _describe(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'message'}: {error['msg']}" for error in exc.errors()
-        )
+        return describe_validation_error(exc)
     if isinstance(exc, KeyError):
         return f"missing field {exc}"
     return str(exc)

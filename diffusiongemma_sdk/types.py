@@ -143,6 +143,21 @@ class DiffusionParams(BaseModel):
 class Usage(BaseModel):
     """Token counts and, where the backend knows them, diffusion statistics."""
 
+    def __add__(self, other: Usage) -> Usage:
+        """Usage of two generations together (rates such as tokens_per_forward are not summed)."""
+
+        def total(a: float | None, b: float | None) -> Any:
+            return None if a is None and b is None else (a or 0) + (b or 0)
+
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            total_tokens=self.total_tokens + other.total_tokens,
+            canvases=total(self.canvases, other.canvases),
+            denoising_steps=total(self.denoising_steps, other.denoising_steps),
+            wall_s=total(self.wall_s, other.wall_s),
+        )
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
@@ -164,6 +179,7 @@ class Generation(BaseModel):
     backend: str = ""
     model: str | None = None
     id: str | None = None
+    parsed: Any = Field(default=None, description="The validated `response_model` instance, when one was asked for.")
     extra: dict[str, Any] = Field(
         default_factory=dict, description="Response fields the SDK does not model, kept as the server sent them."
     )

@@ -304,3 +304,43 @@ async def test_rate_limit_with_a_huge_retry_after_fails_at_once(server: Scripted
             await client.generate("q")
     assert info.value.retry_after == 18000
     assert len(server.chat_requests()) == 1
+
+
+async def test_reset_before_headers_is_retried_or_a_connection_error(server: ScriptedServer) -> None:
+    server.queue(Reply(reset_before_headers=True), Reply(reset_before_headers=True))
+    async with client_for(server) as client:
+        with pytest.raises(APIConnectionError, match="Could not reach"):
+            await client.generate("q", max_retries=0)
+        assert (await client.generate("again")).text == "echo: again"
+    assert len(server.chat_requests()) == 3
+
+
+async def test_truncated_json_body_from_a_real_server(server: ScriptedServer) -> None:
+    server.queue(Reply(body='{"id": "x", "choices": [{"message": {"content": "hal'))
+    async with client_for(server) as client:
+        with pytest.raises(APIResponseValidationError, match="not valid JSON"):
+            await client.generate("q")
+    assert len(server.chat_requests()) == 1
+
+
+async def test_stream_stalling_past_the_idle_timeout(server: ScriptedServer) -> None:
+    from diffusiongemma_sdk import APITimeoutError
+
+    server.queue(Reply(events=[chunk(content="before the stall")], stall=30))
+    async with client_for(server, backend_options={"stream_idle_timeout": 0.5}) as client:
+        started = anyio.current_time()
+        with anyio.fail_after(5), pytest.raises(APITimeoutError, match=r"sent nothing for 0.5 s") as info:
+            await client.stream("q").final()
+        assert anyio.current_time() - started < 3
+    assert info.value.partial is not None
+    assert info.value.partial.text == "before the stall"
+    assert server.wait_for_disconnect()
+
+
+async def test_total_timeout_per_call(server: ScriptedServer) -> None:
+    from diffusiongemma_sdk import APITimeoutError
+
+    server.queue(Reply(body=completion("slow"), delay=30))
+    async with client_for(server) as client:
+        with anyio.fail_after(5), pytest.raises(APITimeoutError, match="within 0.3 s"):
+            await client.generate("q", timeout=0.3)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -23,6 +24,7 @@ from diffusiongemma_sdk.errors import (
     ConfigurationError,
 )
 from diffusiongemma_sdk.remote.errors import error_from_payload, error_from_response
+from diffusiongemma_sdk.remote.limits import RequestRateLimiter
 from diffusiongemma_sdk.remote.sse import iter_sse_json
 from diffusiongemma_sdk.remote.wire import StreamAssembler, build_body, generation_from_response
 from diffusiongemma_sdk.types import DoneEvent, Generation, StreamEvent, ToolCallEvent, UsageEvent
@@ -57,13 +59,15 @@ class RemoteBackend(Backend):
         timeout: float,
         max_retries: int,
         stream_idle_timeout: float = STREAM_IDLE_TIMEOUT,
+        requests_per_minute: int | None = None,
+        max_concurrency: int | None = None,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self._model = model
         self._api_key = api_key
-        self._capabilities = capabilities
+        self._capabilities = capabilities.model_copy(update={"max_concurrency": max_concurrency})
         self._timeout = timeout
         self._max_retries = max_retries
         self._stream_idle_timeout = stream_idle_timeout
@@ -72,10 +76,17 @@ class RemoteBackend(Backend):
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
         )
         self._model_lock = anyio.Lock()
+        self._rate_limiter = RequestRateLimiter(requests_per_minute) if requests_per_minute else None
+        self._in_flight = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
 
     @property
     def capabilities(self) -> Capabilities:
         return self._capabilities
+
+    @property
+    def requests_per_minute(self) -> int | None:
+        """The client-side rate limit, or None when off."""
+        return None if self._rate_limiter is None else self._rate_limiter.limit
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -103,10 +114,11 @@ class RemoteBackend(Backend):
         timeout = request.timeout or self._timeout
         try:
             with anyio.fail_after(timeout):
-                body = build_body(request, model=await self.model_id(), stream=False)
-                data = await self._request_json(
-                    "POST", "/chat/completions", body, timeout=timeout, max_retries=self._retries(request)
-                )
+                body = self._body(request, model=await self.model_id(), stream=False)
+                async with self._slot():
+                    data = await self._request_json(
+                        "POST", "/chat/completions", body, timeout=timeout, max_retries=self._retries(request)
+                    )
         except TimeoutError:
             raise APITimeoutError(f"No answer from {self.base_url} within {timeout:g} s (timeout=...).") from None
         if not isinstance(data, Mapping) or not isinstance(data.get("choices"), list):
@@ -116,7 +128,14 @@ class RemoteBackend(Backend):
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
         timeout = request.timeout or self._timeout
         deadline = anyio.current_time() + timeout
-        body = build_body(request, model=await self.model_id(), stream=True)
+        body = self._body(request, model=await self.model_id(), stream=True)
+        async with self._slot(), aclosing(self._stream_events(body, request, deadline, timeout)) as events:
+            async for event in events:
+                yield event
+
+    async def _stream_events(
+        self, body: dict[str, Any], request: GenerationRequest, deadline: float, timeout: float
+    ) -> AsyncGenerator[StreamEvent, None]:
         response = await self._send("POST", "/chat/completions", body, stream=True, max_retries=self._retries(request))
         assembler = StreamAssembler(backend=self.name)
         try:
@@ -148,6 +167,28 @@ class RemoteBackend(Backend):
             yield ToolCallEvent(tool_call=call)
         yield UsageEvent(usage=generation.usage)
         yield DoneEvent(generation=generation)
+
+    def _body(self, request: GenerationRequest, *, model: str, stream: bool) -> dict[str, Any]:
+        body = build_body(request, model=model, stream=stream)
+        if request.response_schema is not None and self._capabilities.native_structured_output:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "response", "schema": request.response_schema},
+            }
+        return body
+
+    @asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """Hold one of the `max_concurrency` places for the whole request (stream included)."""
+        if self._in_flight is None:
+            yield
+            return
+        token = object()
+        await self._in_flight.acquire_on_behalf_of(token)
+        try:
+            yield
+        finally:
+            self._in_flight.release_on_behalf_of(token)
 
     def _retries(self, request: GenerationRequest) -> int:
         return self._max_retries if request.max_retries is None else request.max_retries
@@ -196,6 +237,8 @@ class RemoteBackend(Backend):
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     async def _send_once(self, request: httpx.Request, *, stream: bool) -> httpx.Response:
+        if self._rate_limiter is not None:
+            await self._rate_limiter.acquire()
         try:
             response = await self._client.send(request, stream=stream)
         except httpx.TimeoutException:
