@@ -25,6 +25,7 @@ from diffusiongemma_sdk.errors import (
 )
 from diffusiongemma_sdk.remote.errors import error_from_payload, error_from_response
 from diffusiongemma_sdk.remote.limits import RequestRateLimiter
+from diffusiongemma_sdk.remote.pool import ShardedClient
 from diffusiongemma_sdk.remote.sse import iter_sse_json
 from diffusiongemma_sdk.remote.wire import StreamAssembler, build_body, generation_from_response
 from diffusiongemma_sdk.types import DoneEvent, Generation, StreamEvent, ToolCallEvent, UsageEvent
@@ -61,7 +62,6 @@ class RemoteBackend(Backend):
         stream_idle_timeout: float = STREAM_IDLE_TIMEOUT,
         requests_per_minute: int | None = None,
         max_concurrency: int | None = None,
-        http_client: httpx.AsyncClient | None = None,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
@@ -71,10 +71,7 @@ class RemoteBackend(Backend):
         self._timeout = timeout
         self._max_retries = max_retries
         self._stream_idle_timeout = stream_idle_timeout
-        self._client = http_client or httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
-        )
+        self._http = ShardedClient(timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT))
         self._model_lock = anyio.Lock()
         self._rate_limiter = RequestRateLimiter(requests_per_minute) if requests_per_minute else None
         self._in_flight = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
@@ -89,10 +86,13 @@ class RemoteBackend(Backend):
         return None if self._rate_limiter is None else self._rate_limiter.limit
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._http.aclose()
 
     async def models(self) -> list[ModelInfo]:
-        body = await self._request_json("GET", "/models", None, timeout=self._timeout, max_retries=self._max_retries)
+        async with self._lease() as client:
+            body = await self._request_json(
+                client, "GET", "/models", None, timeout=self._timeout, max_retries=self._max_retries
+            )
         data = body.get("data") if isinstance(body, Mapping) else None
         if not isinstance(data, list):
             raise APIResponseValidationError(f"GET {self.base_url}/models did not return a model list", body=body)
@@ -115,9 +115,9 @@ class RemoteBackend(Backend):
         try:
             with anyio.fail_after(timeout):
                 body = self._body(request, model=await self.model_id(), stream=False)
-                async with self._slot():
+                async with self._lease() as client:
                     data = await self._request_json(
-                        "POST", "/chat/completions", body, timeout=timeout, max_retries=self._retries(request)
+                        client, "POST", "/chat/completions", body, timeout=timeout, max_retries=self._retries(request)
                     )
         except TimeoutError:
             raise APITimeoutError(f"No answer from {self.base_url} within {timeout:g} s (timeout=...).") from None
@@ -129,14 +129,21 @@ class RemoteBackend(Backend):
         timeout = request.timeout or self._timeout
         deadline = anyio.current_time() + timeout
         body = self._body(request, model=await self.model_id(), stream=True)
-        async with self._slot(), aclosing(self._stream_events(body, request, deadline, timeout)) as events:
+        async with self._lease() as client, aclosing(self._events(client, body, request, deadline, timeout)) as events:
             async for event in events:
                 yield event
 
-    async def _stream_events(
-        self, body: dict[str, Any], request: GenerationRequest, deadline: float, timeout: float
+    async def _events(
+        self,
+        client: httpx.AsyncClient,
+        body: dict[str, Any],
+        request: GenerationRequest,
+        deadline: float,
+        timeout: float,
     ) -> AsyncGenerator[StreamEvent, None]:
-        response = await self._send("POST", "/chat/completions", body, stream=True, max_retries=self._retries(request))
+        response = await self._send(
+            client, "POST", "/chat/completions", body, stream=True, max_retries=self._retries(request)
+        )
         assembler = StreamAssembler(backend=self.name)
         try:
             async for payload in iter_sse_json(response):
@@ -178,15 +185,17 @@ class RemoteBackend(Backend):
         return body
 
     @asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
-        """Hold one of the `max_concurrency` places for the whole request (stream included)."""
+    async def _lease(self) -> AsyncIterator[httpx.AsyncClient]:
+        """An HTTP client for one whole request (stream included), within the `max_concurrency` limit."""
         if self._in_flight is None:
-            yield
+            async with self._http.lease() as client:
+                yield client
             return
-        token = object()
+        token = object()  # not the task: a stream may be closed from another task
         await self._in_flight.acquire_on_behalf_of(token)
         try:
-            yield
+            async with self._http.lease() as client:
+                yield client
         finally:
             self._in_flight.release_on_behalf_of(token)
 
@@ -194,9 +203,16 @@ class RemoteBackend(Backend):
         return self._max_retries if request.max_retries is None else request.max_retries
 
     async def _request_json(
-        self, method: str, path: str, body: dict[str, Any] | None, *, timeout: float, max_retries: int
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        *,
+        timeout: float,
+        max_retries: int,
     ) -> Any:
-        response = await self._send(method, path, body, stream=False, max_retries=max_retries, timeout=timeout)
+        response = await self._send(client, method, path, body, stream=False, max_retries=max_retries, timeout=timeout)
         try:
             return response.json()
         except ValueError:
@@ -206,6 +222,7 @@ class RemoteBackend(Backend):
 
     async def _send(
         self,
+        client: httpx.AsyncClient,
         method: str,
         path: str,
         body: dict[str, Any] | None,
@@ -216,7 +233,7 @@ class RemoteBackend(Backend):
     ) -> httpx.Response:
         """Send with retries; return a response with a success status (unread when streaming)."""
         read_timeout = self._stream_idle_timeout if stream else (timeout or self._timeout)
-        request = self._client.build_request(
+        request = client.build_request(
             method,
             self.base_url + path,
             json=body,
@@ -233,14 +250,14 @@ class RemoteBackend(Backend):
         )
         async for attempt in retrying:
             with attempt:
-                return await self._send_once(request, stream=stream)
+                return await self._send_once(client, request, stream=stream)
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    async def _send_once(self, request: httpx.Request, *, stream: bool) -> httpx.Response:
+    async def _send_once(self, client: httpx.AsyncClient, request: httpx.Request, *, stream: bool) -> httpx.Response:
         if self._rate_limiter is not None:
             await self._rate_limiter.acquire()
         try:
-            response = await self._client.send(request, stream=stream)
+            response = await client.send(request, stream=stream)
         except httpx.TimeoutException:
             raise APITimeoutError(f"Timed out waiting for {request.url.host} to answer.") from None
         except httpx.TransportError as exc:
