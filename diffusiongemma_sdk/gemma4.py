@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -260,38 +261,35 @@ class _ValueReader:
         return key
 
     def _object(self) -> dict[str, Any]:
-        self._expect("{")
         result: dict[str, Any] = {}
-        self.skip_space()
-        if self.text[self.position : self.position + 1] == "}":
-            self.position += 1
-            return result
-        while True:
+
+        def member() -> None:
             key = self._key()
             self._expect(":")
             result[key] = self.value()
-            self.skip_space()
-            if self.text[self.position : self.position + 1] == ",":
-                self.position += 1
-                continue
-            self._expect("}")
-            return result
+
+        self._items("{", "}", member)
+        return result
 
     def _array(self) -> list[Any]:
-        self._expect("[")
         result: list[Any] = []
+        self._items("[", "]", lambda: result.append(self.value()))
+        return result
+
+    def _items(self, opening: str, closing: str, read_item: Callable[[], None]) -> None:
+        """Read `opening item, item, ... closing`, allowing an empty list of items."""
+        self._expect(opening)
         self.skip_space()
-        if self.text[self.position : self.position + 1] == "]":
+        if self.text[self.position : self.position + 1] == closing:
             self.position += 1
-            return result
+            return
         while True:
-            result.append(self.value())
+            read_item()
             self.skip_space()
-            if self.text[self.position : self.position + 1] == ",":
-                self.position += 1
-                continue
-            self._expect("]")
-            return result
+            if self.text[self.position : self.position + 1] != ",":
+                self._expect(closing)
+                return
+            self.position += 1
 
 
 def _find_first(text: str, markers: tuple[str, ...]) -> tuple[int, str | None]:
