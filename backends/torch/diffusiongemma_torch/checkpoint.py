@@ -1,0 +1,181 @@
+"""Find and load a DiffusionGemma checkpoint as published: config, generation config, sharded safetensors."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from diffusiongemma_sdk import ConfigurationError
+from diffusiongemma_torch.config import GenerationDefaults, TextConfig
+from diffusiongemma_torch.model import DiffusionGemmaTextNet
+
+__all__ = ["Checkpoint", "default_device_and_dtype", "estimate_bytes", "load_checkpoint", "resolve_checkpoint_dir"]
+
+_DECODER = "model.decoder."
+_ENCODER_SCALAR = "model.encoder.language_model.layers."
+_SKIPPED = ("model.encoder.", "lm_head.")  # vision tower, tied encoder copies, tied head
+_DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
+_WORKSPACE_COPIES = 6  # logits, probabilities, noise and entropy buffers of one canvas, fp32
+
+
+@dataclass
+class Checkpoint:
+    """A loaded text network with its settings."""
+
+    directory: Path
+    net: DiffusionGemmaTextNet
+    config: TextConfig
+    defaults: GenerationDefaults
+
+
+def resolve_checkpoint_dir(target: str) -> Path:
+    """A local directory, or a hub id already in the local Hugging Face cache (nothing is downloaded)."""
+    path = Path(target).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ConfigurationError(f"{path} has no config.json; point torch: at a DiffusionGemma checkpoint folder.")
+        return path
+    if target.count("/") == 1 and not target.startswith((".", "/", "~")):
+        snapshot = _cached_snapshot(target)
+        if snapshot is not None:
+            return snapshot
+        raise ConfigurationError(
+            f"{target} is not in the local Hugging Face cache ({_hub_cache()}), and nothing is downloaded at run time. "
+            f"Fetch it first: huggingface-cli download {target}"
+        )
+    raise ConfigurationError(f"No checkpoint folder at {path}. Use torch:<folder>, torch:<org/name> or torch:demo.")
+
+
+def default_device_and_dtype(device: str | None, dtype: str | torch.dtype | None) -> tuple[torch.device, torch.dtype]:
+    """CUDA bf16 when a GPU is present, else CPU fp32; either can be overridden."""
+    chosen = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(dtype, str):
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigurationError(f"dtype must be float32, bfloat16 or float16, not {dtype!r}")
+        dtype = getattr(torch, dtype)
+    if dtype is None:
+        dtype = torch.bfloat16 if chosen.type == "cuda" else torch.float32
+    return chosen, dtype
+
+
+def estimate_bytes(directory: Path, config: TextConfig, dtype: torch.dtype, batch: int = 1) -> int:
+    """Memory a generation needs: the text weights in `dtype` plus a canvas's vocab-sized fp32 workspace."""
+    parameters = sum(_numel(shape) for name, shape in _tensor_shapes(directory).items() if _keep(name))
+    workspace = _WORKSPACE_COPIES * batch * config.canvas_length * config.vocab_size * 4
+    return parameters * _DTYPE_BYTES[dtype] + workspace
+
+
+def load_checkpoint(
+    target: str, *, device: str | None = None, dtype: str | torch.dtype | None = None
+) -> Checkpoint:
+    """Load the text path of a checkpoint; vision weights are skipped."""
+    directory = resolve_checkpoint_dir(target)
+    config = TextConfig.from_file(directory / "config.json")
+    defaults = GenerationDefaults.from_file(directory / "generation_config.json", config)
+    chosen_device, chosen_dtype = default_device_and_dtype(device, dtype)
+    _check_memory(directory, config, chosen_device, chosen_dtype)
+    with torch.device("meta"):
+        net = DiffusionGemmaTextNet(config)
+    state = {}
+    for file in _weight_files(directory):
+        with safe_open(file, framework="pt", device="cpu") as handle:
+            for name in handle.keys():  # noqa: SIM118  (safe_open has no __iter__)
+                local = _local_name(name)
+                if local is not None:
+                    state[local] = handle.get_tensor(name).to(device=chosen_device, dtype=chosen_dtype)
+    missing = set(net.state_dict()) - set(state)
+    if missing:
+        raise ConfigurationError(f"{directory} lacks weights the engine needs: {sorted(missing)[:5]}")
+    net.load_state_dict(state, strict=True, assign=True)
+    for layer_type in set(config.layer_types):  # non-persistent buffers stay on meta after assign
+        net.register_buffer(
+            f"{layer_type}_inv_freq", config.rope_inv_freq(layer_type).to(chosen_device), persistent=False
+        )
+    return Checkpoint(directory=directory, net=net.eval(), config=config, defaults=defaults)
+
+
+def _local_name(name: str) -> str | None:
+    if name.startswith(_DECODER):
+        return name[len(_DECODER) :]
+    if name.startswith(_ENCODER_SCALAR) and name.endswith(".layer_scalar"):
+        index = name[len(_ENCODER_SCALAR) :].split(".")[0]
+        return f"layers.{index}.encoder_layer_scalar"
+    return None
+
+
+def _keep(name: str) -> bool:
+    return _local_name(name) is not None
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [directory / shard for shard in shards]
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise ConfigurationError(f"{directory} has no *.safetensors weights.")
+    return files
+
+
+def _tensor_shapes(directory: Path) -> dict[str, list[int]]:
+    shapes: dict[str, list[int]] = {}
+    for file in _weight_files(directory):
+        with safe_open(file, framework="pt", device="cpu") as handle:
+            for name in handle.keys():  # noqa: SIM118
+                shapes[name] = list(handle.get_slice(name).get_shape())
+    return shapes
+
+
+def _numel(shape: list[int]) -> int:
+    total = 1
+    for size in shape:
+        total *= size
+    return total
+
+
+def _check_memory(directory: Path, config: TextConfig, device: torch.device, dtype: torch.dtype) -> None:
+    needed = estimate_bytes(directory, config, dtype)
+    available = _available_bytes(device)
+    if available is not None and needed > available:
+        raise ConfigurationError(
+            f"Loading {directory.name} on {device} in {str(dtype).removeprefix('torch.')} needs about "
+            f"{needed / 2**30:.1f} GiB but {available / 2**30:.1f} GiB is free. Free memory, use a quantized build "
+            "(gguf:), or pick another device/dtype (device=..., dtype=...)."
+        )
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _hub_cache() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    return home / "hub"
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    repo = _hub_cache() / f"models--{repo_id.replace('/', '--')}"
+    ref = repo / "refs" / "main"
+    if ref.exists():
+        snapshot = repo / "snapshots" / ref.read_text().strip()
+        if (snapshot / "config.json").exists():
+            return snapshot
+    snapshots = sorted((repo / "snapshots").glob("*/config.json")) if (repo / "snapshots").exists() else []
+    return snapshots[-1].parent if snapshots else None

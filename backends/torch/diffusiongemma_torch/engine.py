@@ -1,0 +1,124 @@
+"""Block-diffusion generation: prefill, then per canvas denoise until stable and confident, commit the argmax.
+
+`generate_canvases` is a generator of reports, one per denoising step and one per committed canvas, so a caller can
+stream drafts and stop between any two steps (closing the generator stops the work).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from diffusiongemma_torch.config import SamplerSettings
+from diffusiongemma_torch.model import DiffusionGemmaTextNet
+from diffusiongemma_torch.sampler import sample_step
+
+__all__ = ["CanvasCommitted", "DenoiseStep", "generate_canvases"]
+
+
+@dataclass
+class DenoiseStep:
+    """The state after one denoising step (every row)."""
+
+    canvas_index: int
+    step: int  # 1 for the first step of a canvas
+    draft: torch.Tensor  # [B, L] argmax canvas
+    accepted_fraction: torch.Tensor  # [B]
+    mean_entropy: torch.Tensor  # [B]
+
+
+@dataclass
+class CanvasCommitted:
+    """A committed canvas: tokens after a row's first stop token are pad; finished rows stay finished."""
+
+    canvas_index: int
+    tokens: torch.Tensor  # [B, L]
+    steps: int
+    finished: torch.Tensor  # [B] bool: the row has produced a stop token
+    decoder_passes: torch.Tensor  # [B] denoising passes each row needed so far
+
+
+@torch.inference_mode()
+def generate_canvases(
+    net: DiffusionGemmaTextNet,
+    prompt: torch.Tensor,
+    settings: SamplerSettings,
+    *,
+    max_canvases: int,
+    stop_token_ids: tuple[int, ...],
+    pad_token_id: int,
+    generator: torch.Generator,
+    prompt_valid: torch.Tensor | None = None,
+) -> Iterator[DenoiseStep | CanvasCommitted]:
+    """Generate up to `max_canvases` canvases after `prompt` ([B, P], left-padded where `prompt_valid` is False)."""
+    batch, device = prompt.shape[0], prompt.device
+    length, vocab = net.config.canvas_length, net.config.vocab_size
+    stop_tokens = torch.tensor(stop_token_ids, device=device)
+    cache = net.new_cache(batch)
+    net.encode(prompt, cache, prompt_valid)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    passes = torch.zeros(batch, dtype=torch.int64, device=device)
+    committed: torch.Tensor | None = None
+    for canvas_index in range(max_canvases):
+        if committed is not None:
+            net.encode(committed, cache)
+        canvas = torch.randint(0, vocab, (batch, length), generator=generator, device=device)
+        argmax, soft = canvas, None
+        converged = torch.zeros(batch, dtype=torch.bool, device=device)
+        history = torch.full((settings.stability_threshold, batch, length), -1, dtype=torch.long, device=device)
+        steps = 0
+        for steps_left in range(settings.max_denoising_steps, 0, -1):
+            passes += ~(converged | finished)
+            scaled = net.denoise(canvas, cache, soft) / settings.temperature(steps_left)
+            outcome = sample_step(scaled, canvas, settings.entropy_bound, generator, reference=settings.reference)
+            next_soft = net.soft_embedding(_self_conditioning_probabilities(scaled, outcome.probabilities, net.dtype))
+            next_argmax, next_canvas = outcome.argmax, outcome.next_canvas
+            if bool(converged.any()) and soft is not None:  # converged rows keep their state
+                next_argmax = torch.where(converged[:, None], argmax, next_argmax)
+                next_canvas = torch.where(converged[:, None], canvas, next_canvas)
+                next_soft = torch.where(converged[:, None, None], soft, next_soft)
+            stable = (history == next_argmax[None]).all(dim=-1).all(dim=0)
+            if settings.stability_threshold:
+                history = torch.roll(history, shifts=-1, dims=0)
+                history[-1] = next_argmax
+            converged |= stable & (outcome.entropy.mean(dim=-1) < settings.confidence_threshold)
+            canvas, argmax, soft = next_canvas, next_argmax, next_soft
+            steps += 1
+            yield DenoiseStep(
+                canvas_index=canvas_index,
+                step=steps,
+                draft=argmax,
+                accepted_fraction=outcome.accepted.float().mean(dim=-1),
+                mean_entropy=outcome.entropy.mean(dim=-1),
+            )
+            if bool(converged.all()):
+                break
+        committed, finished = _finalize(argmax.clone(), finished, stop_tokens, pad_token_id)
+        yield CanvasCommitted(
+            canvas_index=canvas_index, tokens=committed, steps=steps, finished=finished, decoder_passes=passes.clone()
+        )
+        if bool(finished.all()):
+            return
+
+
+def _self_conditioning_probabilities(
+    scaled: torch.Tensor, probabilities: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """The reference casts the scaled logits to the model dtype before its fp32 softmax; in fp32 that is a no-op."""
+    if dtype == torch.float32:
+        return probabilities
+    return torch.softmax(scaled.to(dtype), dim=-1, dtype=torch.float32)
+
+
+def _finalize(
+    tokens: torch.Tensor, finished: torch.Tensor, stop_tokens: torch.Tensor, pad: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad rows that finished earlier, and every token after the first stop token of rows finishing now."""
+    is_stop = torch.isin(tokens, stop_tokens)
+    tokens[finished] = pad
+    count = is_stop.cumsum(dim=-1)
+    after_first_stop = (count > 0) & ~((count == 1) & is_stop)
+    tokens[after_first_stop & ~finished[:, None]] = pad
+    return tokens, finished | is_stop.any(dim=-1)

@@ -1,0 +1,78 @@
+"""The entropy-bound sampler: which canvas positions take a sampled token, and what the rest become.
+
+Two implementations of one distribution:
+
+- `reference` draws random numbers exactly as transformers' `generate()` does (a full `multinomial` over every
+  position, then a full `randint` for renoising), so a seed reproduces its tokens.
+- `default` samples only the positions the entropy bound accepts (acceptance does not depend on the sample), which
+  skips most of the vocab-sized sampling work; the accepted tokens have the same distribution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["StepOutcome", "sample_step"]
+
+
+@dataclass
+class StepOutcome:
+    """One denoising step's result for every row."""
+
+    next_canvas: torch.Tensor  # [B, L] the canvas the next step reads
+    argmax: torch.Tensor  # [B, L] argmax of the temperature-scaled logits: the draft, and what a commit keeps
+    accepted: torch.Tensor  # [B, L] bool
+    entropy: torch.Tensor  # [B, L] entropy (nats) of the temperature-scaled logits
+    probabilities: torch.Tensor  # [B, L, V] fp32 softmax of the temperature-scaled logits
+
+
+def sample_step(
+    scaled_logits: torch.Tensor,
+    canvas: torch.Tensor,
+    entropy_bound: float,
+    generator: torch.Generator,
+    *,
+    reference: bool,
+) -> StepOutcome:
+    """Accept the lowest-entropy positions within `entropy_bound`, sample them, renoise the others."""
+    batch, length, vocab = scaled_logits.shape
+    probabilities = torch.softmax(scaled_logits, dim=-1, dtype=torch.float32)
+    if reference:
+        sampled = torch.multinomial(probabilities.view(-1, vocab), num_samples=1, generator=generator)
+        sampled = sampled.view(batch, length)
+        entropy = _categorical_entropy(scaled_logits)
+    else:
+        entropy = torch.logsumexp(scaled_logits, dim=-1) - (probabilities * scaled_logits).sum(dim=-1)
+    argmax = torch.argmax(scaled_logits, dim=-1)
+    accepted = _entropy_bound_mask(entropy, entropy_bound)
+    if reference:
+        noise = torch.randint(0, vocab, (batch, length), generator=generator, device=canvas.device)
+        next_canvas = torch.where(accepted, sampled, noise)
+    else:
+        positions = accepted.nonzero(as_tuple=True)
+        draws = torch.multinomial(probabilities[positions], num_samples=1, generator=generator).squeeze(-1)
+        next_canvas = torch.randint(0, vocab, (batch, length), generator=generator, device=canvas.device)
+        next_canvas[positions] = draws
+    return StepOutcome(
+        next_canvas=next_canvas,
+        argmax=argmax,
+        accepted=accepted,
+        entropy=entropy,
+        probabilities=probabilities,
+    )
+
+
+def _entropy_bound_mask(entropy: torch.Tensor, bound: float) -> torch.Tensor:
+    """Accept the k lowest-entropy positions whose entropies, less the largest of them, sum to at most `bound`."""
+    ordered, order = torch.sort(entropy, dim=-1)
+    keep = torch.cumsum(ordered, dim=-1) - ordered <= bound
+    return torch.scatter(torch.zeros_like(keep), dim=-1, index=order, src=keep)
+
+
+def _categorical_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy computed with exactly the operations of `torch.distributions.Categorical(logits=...).entropy()`."""
+    normalized = logits - logits.logsumexp(dim=-1, keepdim=True)
+    probabilities = torch.softmax(normalized, dim=-1)
+    return -(normalized.clamp(min=torch.finfo(normalized.dtype).min) * probabilities).sum(-1)
