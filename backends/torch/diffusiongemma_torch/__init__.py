@@ -1,15 +1,37 @@
-"""diffusiongemma-torch: the `torch:` backend of diffusiongemma-sdk. Its engine is not implemented in this release."""
+"""diffusiongemma-torch: the local PyTorch DiffusionGemma engine, spec `torch:<dir|hf-id|demo>`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pydantic import ValidationError
+
 from diffusiongemma_sdk import BackendOptions, ConfigurationError
+from diffusiongemma_sdk.errors import describe_validation_error
+from diffusiongemma_torch.backend import TorchBackend, TorchOptions
+from diffusiongemma_torch.chat import ChatFormat
+from diffusiongemma_torch.checkpoint import load_checkpoint
 
-__all__ = ["create_backend"]
+__all__ = ["DEMO_DIR", "TorchBackend", "TorchOptions", "create_backend"]
+
+DEMO_DIR = Path(__file__).parent / "demo"
 
 
-def create_backend(target: str, options: BackendOptions) -> None:
-    """Entry point of the `torch:` scheme (group `diffusiongemma_sdk.backends`)."""
-    raise ConfigurationError(
-        f"diffusiongemma-torch is installed but its engine has not been released yet, so 'torch:{target}' cannot run. "
-        "Use a remote backend for now: 'nim' or 'openai:<base_url>'."
-    )
+def create_backend(target: str, options: BackendOptions) -> TorchBackend:
+    """Entry point of the `torch:` scheme: load the checkpoint now, so that problems show at once."""
+    try:
+        torch_options = TorchOptions.model_validate(options.extra)
+    except ValidationError as exc:
+        raise ConfigurationError(
+            f"Invalid backend_options for torch: ({describe_validation_error(exc)}). "
+            f"Known options: {', '.join(TorchOptions.model_fields)}."
+        ) from None
+    if not target:
+        raise ConfigurationError("torch: needs a checkpoint: torch:<folder>, torch:<org/name> or torch:demo.")
+    location = target
+    if target == "demo":
+        if not (DEMO_DIR / "config.json").exists():
+            raise ConfigurationError("This build of diffusiongemma-torch ships no demo model yet.")
+        location = str(DEMO_DIR)
+    checkpoint = load_checkpoint(location, device=torch_options.device, dtype=torch_options.dtype)
+    return TorchBackend(f"torch:{target}", checkpoint, ChatFormat(checkpoint.directory), torch_options)

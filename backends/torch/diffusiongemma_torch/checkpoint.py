@@ -70,9 +70,7 @@ def estimate_bytes(directory: Path, config: TextConfig, dtype: torch.dtype, batc
     return parameters * _DTYPE_BYTES[dtype] + workspace
 
 
-def load_checkpoint(
-    target: str, *, device: str | None = None, dtype: str | torch.dtype | None = None
-) -> Checkpoint:
+def load_checkpoint(target: str, *, device: str | None = None, dtype: str | torch.dtype | None = None) -> Checkpoint:
     """Load the text path of a checkpoint; vision weights are skipped."""
     directory = resolve_checkpoint_dir(target)
     config = TextConfig.from_file(directory / "config.json")

@@ -58,7 +58,9 @@ class TextConfig:
         if not text.get("num_experts"):
             raise ConfigurationError("This engine runs the MoE DiffusionGemma; the checkpoint has no experts.")
         num_layers = int(text["num_hidden_layers"])
-        layer_types = list(text.get("layer_types") or [_FULL if (i + 1) % 6 == 0 else _SLIDING for i in range(num_layers)])
+        layer_types = list(
+            text.get("layer_types") or [_FULL if (i + 1) % 6 == 0 else _SLIDING for i in range(num_layers)]
+        )
         layer_types[-1] = _FULL  # as the reference config forces
         head_dims, kv_heads = _per_layer_shapes(text, layer_types)
         eos = text.get("eos_token_id", 1)

@@ -170,7 +170,11 @@ class Layer(nn.Module):
         self.encoder_layer_scalar = nn.Parameter(torch.ones(1), requires_grad=False)
 
     def feed_forward(self, x: torch.Tensor, eps: float) -> torch.Tensor:
-        dense = rms_norm(self.mlp(rms_norm(x, self.pre_feedforward_layernorm.weight, eps)), self.post_feedforward_layernorm_1.weight, eps)
+        dense = rms_norm(
+            self.mlp(rms_norm(x, self.pre_feedforward_layernorm.weight, eps)),
+            self.post_feedforward_layernorm_1.weight,
+            eps,
+        )
         flat = x.reshape(-1, x.shape[-1])
         weights, index = self.router(flat)
         experts = self.experts(rms_norm(flat, self.pre_feedforward_layernorm_2.weight, eps), index, weights)
@@ -243,7 +247,7 @@ class DiffusionGemmaTextNet(nn.Module):
 
         Returns the logits only when asked (the sampler never needs them).
         """
-        batch, length = ids.shape
+        length = ids.shape[1]
         positions = torch.arange(cache.length, cache.length + length, device=ids.device)
         valid = torch.ones_like(ids, dtype=torch.bool) if valid is None else valid
         all_valid = torch.cat([cache.valid, valid], dim=1)
@@ -315,9 +319,7 @@ class DiffusionGemmaTextNet(nn.Module):
             tables[layer_type] = (emb.cos().to(dtype), emb.sin().to(dtype))
         return tables
 
-    def _causal_mask(
-        self, cache: KVCache, positions: torch.Tensor, valid: torch.Tensor, sliding: bool
-    ) -> torch.Tensor:
+    def _causal_mask(self, cache: KVCache, positions: torch.Tensor, valid: torch.Tensor, sliding: bool) -> torch.Tensor:
         """[batch, 1, new, keys] boolean: causal, within the window on sliding layers, no padded keys."""
         start = cache.retained_start(sliding)
         keys = torch.arange(start, int(positions[-1]) + 1, device=positions.device)
