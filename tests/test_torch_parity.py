@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,16 +10,16 @@ import torch
 
 pytest.importorskip("transformers")
 
-from transformers import DiffusionGemmaForBlockDiffusion  # noqa: E402
-from transformers.cache_utils import DynamicCache  # noqa: E402
-from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig  # noqa: E402
+from transformers import DiffusionGemmaForBlockDiffusion
+from transformers.cache_utils import DynamicCache
+from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
 
-from diffusiongemma_torch.checkpoint import load_checkpoint  # noqa: E402
-from diffusiongemma_torch.config import SamplerSettings  # noqa: E402
-from diffusiongemma_torch.engine import CanvasCommitted, generate_canvases  # noqa: E402
-from diffusiongemma_torch.model import DiffusionGemmaTextNet  # noqa: E402
-from diffusiongemma_torch.sampler import sample_step  # noqa: E402
-from tests.support.tiny_checkpoint import TinySpec, build_tiny_checkpoint  # noqa: E402
+from diffusiongemma_torch.checkpoint import load_checkpoint
+from diffusiongemma_torch.config import SamplerSettings
+from diffusiongemma_torch.engine import CanvasCommitted, generate_canvases
+from diffusiongemma_torch.model import DiffusionGemmaTextNet
+from diffusiongemma_torch.sampler import sample_step
+from tests.support.tiny_checkpoint import TinySpec, build_tiny_checkpoint
 
 SPECS = {
     "window-8-two-layers": TinySpec(sliding_window=8, canvas=16),
@@ -38,10 +37,10 @@ SPECS = {
 
 
 @pytest.fixture(scope="module", params=list(SPECS))
-def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
+def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple:
     directory = build_tiny_checkpoint(tmp_path_factory.mktemp(request.param), SPECS[request.param])
     reference = DiffusionGemmaForBlockDiffusion.from_pretrained(directory).eval()
-    yield reference, load_checkpoint(str(directory)).net, SPECS[request.param]
+    return reference, load_checkpoint(str(directory)).net, SPECS[request.param]
 
 
 def assert_close(expected: torch.Tensor, actual: torch.Tensor) -> None:
