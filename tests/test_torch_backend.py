@@ -1,0 +1,229 @@
+"""The `torch:` backend through the public client: loading, chat, per-request settings, streaming, cancellation."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from diffusiongemma_sdk import (
+    AsyncDiffusionGemma,
+    CanvasEvent,
+    ConfigurationError,
+    DenoiseStepEvent,
+    DiffusionParams,
+    DoneEvent,
+    ImagePart,
+    Message,
+    UnsupportedParameterError,
+)
+from diffusiongemma_sdk.gemma4 import parse_gemma4
+from diffusiongemma_torch import checkpoint as checkpoint_module
+from diffusiongemma_torch.backend import TorchBackend
+from tests.support.tiny_checkpoint import TinySpec, build_tiny_checkpoint, stop_token_ids
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), TinySpec(vocab=256, canvas=16))
+
+
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Wide enough that one denoising step takes visible time on a CPU."""
+    spec = TinySpec(vocab=4096, hidden=256, canvas=128, experts=8)
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("slow"), spec)
+
+
+async def test_generate_trims_to_max_tokens_and_ignores_checkpoint_max_new_tokens(tiny: Path) -> None:
+    async with AsyncDiffusionGemma(f"torch:{tiny}") as client:
+        assert isinstance(client.backend, TorchBackend)
+        results = [await client.generate("Sort these numbers: 3 1 2", max_tokens=40, seed=s) for s in range(6)]
+    for generation in results:
+        usage = generation.usage
+        assert usage.completion_tokens <= 40
+        assert generation.finish_reason in ("stop", "length")
+        if generation.finish_reason == "length":  # generation_config's max_new_tokens (16) was not inherited
+            assert usage.completion_tokens == 40
+            assert usage.canvases == 3
+        assert usage.prompt_tokens > 5
+        assert usage.denoising_steps is not None
+        assert usage.canvases is not None
+        assert usage.denoising_steps >= usage.canvases
+        assert usage.wall_s is not None
+        assert usage.ttft_s is not None
+        assert generation.backend == f"torch:{tiny}"
+    assert {g.finish_reason for g in results} == {"stop", "length"}
+
+
+async def test_seed_makes_runs_reproducible(tiny: Path) -> None:
+    async with AsyncDiffusionGemma(f"torch:{tiny}") as client:
+        first = await client.generate("What is 1 + 2 ?", seed=11, max_tokens=32)
+        again = await client.generate("What is 1 + 2 ?", seed=11, max_tokens=32)
+        other = await client.generate("What is 1 + 2 ?", seed=12, max_tokens=32)
+    assert first.text == again.text
+    assert first.usage == again.usage.model_copy(update={"wall_s": first.usage.wall_s, "ttft_s": first.usage.ttft_s})
+    assert other.text != first.text
+
+
+async def test_reference_sampler_through_the_client_matches_transformers_generate(tiny: Path) -> None:
+    from transformers import DiffusionGemmaForBlockDiffusion
+    from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
+
+    async with AsyncDiffusionGemma(f"torch:{tiny}") as client:
+        params = DiffusionParams(max_denoising_steps=6, entropy_bound=0.3, sampler="reference")
+        generation = await client.generate("Reverse these words: red blue", seed=5, max_tokens=48, diffusion=params)
+        backend = client.backend
+        assert isinstance(backend, TorchBackend)
+        prompt = backend.chat.encode(
+            backend.chat.render(
+                [Message(role="user", content="Reverse these words: red blue")], tools=[], thinking=None
+            )
+        )
+    reference = DiffusionGemmaForBlockDiffusion.from_pretrained(tiny).eval()
+    torch.manual_seed(5)
+    out = reference.generate(
+        torch.tensor([prompt]), max_new_tokens=48, max_denoising_steps=6,
+        sampler_config=EntropyBoundSamplerConfig(entropy_bound=0.3), eos_token_id=stop_token_ids(tiny),
+    )  # fmt: skip
+    tokens = out.sequences[0, len(prompt) :].tolist()
+    stops = set(stop_token_ids(tiny))
+    end = next((i for i, t in enumerate(tokens) if t in stops), len(tokens))
+    expected = parse_gemma4(backend.chat.decode(tokens[:end]))
+    assert generation.usage.completion_tokens == end
+    assert (generation.text, generation.reasoning) == (expected.text, expected.reasoning)
+
+
+async def test_every_diffusion_param_works_per_request(tiny: Path) -> None:
+    async with AsyncDiffusionGemma(f"torch:{tiny}") as client:
+        capped = await client.generate("q", seed=1, max_tokens=16, diffusion={"max_denoising_steps": 3})
+        assert capped.usage.denoising_steps == 3  # random weights never converge early
+        wide = client.stream("q", seed=1, max_tokens=16, diffusion={"entropy_bound": 50.0, "max_denoising_steps": 2})
+        async with wide as stream:
+            fractions = [e.accepted_fraction async for e in stream if isinstance(e, DenoiseStepEvent)]
+        assert fractions
+        assert min(fractions) > 0.5
+        eager = await client.generate(
+            "q", seed=1, max_tokens=16,
+            diffusion={"stability_threshold": 0, "confidence_threshold": 100.0, "t_min": 0.1, "t_max": 2.0},
+        )  # fmt: skip
+        assert eager.usage.denoising_steps == 1  # always stable and "confident": stops after one step
+
+
+async def test_stream_events_and_stream_every(tiny: Path) -> None:
+    async with AsyncDiffusionGemma(f"torch:{tiny}") as client, client.stream("q", seed=3, max_tokens=32) as stream:
+        events = [event async for event in stream]
+    steps = [e for e in events if isinstance(e, DenoiseStepEvent)]
+    canvases = [e for e in events if isinstance(e, CanvasEvent)]
+    done = events[-1]
+    assert isinstance(done, DoneEvent)
+    assert steps
+    assert steps[0].step == 1
+    assert all(isinstance(e.draft_text, str) for e in steps)
+    assert [c.canvas_index for c in canvases] == list(range(len(canvases)))
+    assert sum(c.steps or 0 for c in canvases) == done.generation.usage.denoising_steps == len(steps)
+    async with AsyncDiffusionGemma(f"torch:{tiny}", backend_options={"stream_every": 2}) as client:
+        async with client.stream("q", seed=3, max_tokens=32) as stream:
+            halved = [e async for e in stream if isinstance(e, DenoiseStepEvent)]
+    assert [e.step for e in halved] == [e.step for e in steps if e.step % 2 == 0]
+
+
+async def test_event_loop_keeps_ticking_during_a_generation(slow: Path) -> None:
+    gaps: list[float] = []
+
+    async def heartbeat() -> None:
+        last = time.perf_counter()
+        while True:
+            await anyio.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    async with AsyncDiffusionGemma(f"torch:{slow}") as client, anyio.create_task_group() as group:
+        group.start_soon(heartbeat)
+        started = time.perf_counter()
+        await client.generate("q", seed=0, max_tokens=256, diffusion={"max_denoising_steps": 24})
+        elapsed = time.perf_counter() - started
+        group.cancel_scope.cancel()
+    assert elapsed > 0.2
+    assert len(gaps) > 10
+    assert max(gaps) < 0.2
+
+
+async def test_cancelling_stops_within_one_step_and_frees_the_engine(slow: Path) -> None:
+    async with AsyncDiffusionGemma(f"torch:{slow}") as client:
+        backend = client.backend
+        assert isinstance(backend, TorchBackend)
+        timing = time.perf_counter()
+        await client.generate("q", seed=0, max_tokens=128, diffusion={"max_denoising_steps": 1})
+        one_step = time.perf_counter() - timing
+        seen = 0
+        with anyio.move_on_after(30) as scope:
+            async with client.stream("q", seed=0, max_tokens=1024, diffusion={"max_denoising_steps": 48}) as stream:
+                async for event in stream:
+                    if isinstance(event, DenoiseStepEvent):
+                        seen += 1
+                        if seen == 2:
+                            cancelled_at = time.perf_counter()
+                            scope.cancel()
+        stopped_after = time.perf_counter() - cancelled_at
+        assert seen == 2
+        assert stopped_after < 2 * one_step + 0.5
+        assert backend._worker.borrowed_tokens == 0
+        with anyio.fail_after(5 * one_step + 5):  # the engine is free for the next request at once
+            assert (await client.generate("q", seed=0, max_tokens=16, diffusion={"max_denoising_steps": 1})).usage
+
+
+async def test_images_and_bad_options_are_refused_clearly(tiny: Path) -> None:
+    async with AsyncDiffusionGemma(f"torch:{tiny}") as client:
+        with pytest.raises(UnsupportedParameterError, match="images"):
+            await client.generate([Message(role="user", content=[ImagePart(url="data:image/png;base64,AA")])])
+    with pytest.raises(ConfigurationError, match="Known options: device"):
+        AsyncDiffusionGemma(f"torch:{tiny}", backend_options={"gpu": True})
+
+
+async def test_chat_template_renders_thinking_and_tools(tiny: Path) -> None:
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    async with AsyncDiffusionGemma(f"torch:{tiny}") as client:
+        backend = client.backend
+        assert isinstance(backend, TorchBackend)
+        from diffusiongemma_sdk import Tool
+
+        text = backend.chat.render(
+            [Message(role="user", content="What is 1 + 2 ?")], tools=[Tool.from_function(add)], thinking=True
+        )
+        assert text.startswith("<bos><|turn>system\n<|think|>\n")
+        assert "<|tool>declaration:add" in text
+        assert text.endswith("<|turn>model\n")
+        assert "<|turn> user What is 1 + 2 ? <turn|>" in backend.chat.decode(backend.chat.encode(text))
+
+
+def test_loading_errors(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigurationError, match="huggingface-cli download google/nope"):
+        AsyncDiffusionGemma("torch:google/nope")
+    with pytest.raises(ConfigurationError, match="no config.json"):
+        AsyncDiffusionGemma(f"torch:{tmp_path}")
+    monkeypatch.setattr(checkpoint_module, "_available_bytes", lambda device: 1024)
+    with pytest.raises(ConfigurationError, match=r"needs about .* GiB but .* GiB is free"):
+        AsyncDiffusionGemma(f"torch:{tiny}")
+
+
+def test_hub_id_from_the_local_cache(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "models--acme--tiny-diffusiongemma"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots").mkdir()
+    (repo / "snapshots" / "abc123").symlink_to(tiny)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    client = AsyncDiffusionGemma("torch:acme/tiny-diffusiongemma")
+    assert client.backend.name == "torch:acme/tiny-diffusiongemma"
