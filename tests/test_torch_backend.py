@@ -129,9 +129,9 @@ async def test_stream_events_and_stream_every(tiny: Path) -> None:
     assert all(isinstance(e.draft_text, str) for e in steps)
     assert [c.canvas_index for c in canvases] == list(range(len(canvases)))
     assert sum(c.steps or 0 for c in canvases) == done.generation.usage.denoising_steps == len(steps)
-    async with AsyncDiffusionGemma(f"torch:{tiny}", backend_options={"stream_every": 2}) as client:
-        async with client.stream("q", seed=3, max_tokens=32) as stream:
-            halved = [e async for e in stream if isinstance(e, DenoiseStepEvent)]
+    every_second = AsyncDiffusionGemma(f"torch:{tiny}", backend_options={"stream_every": 2})
+    async with every_second as client, client.stream("q", seed=3, max_tokens=32) as stream:
+        halved = [e async for e in stream if isinstance(e, DenoiseStepEvent)]
     assert [e.step for e in halved] == [e.step for e in steps if e.step % 2 == 0]
 
 
@@ -211,7 +211,7 @@ async def test_chat_template_renders_thinking_and_tools(tiny: Path) -> None:
 def test_loading_errors(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigurationError, match="huggingface-cli download google/nope"):
         AsyncDiffusionGemma("torch:google/nope")
-    with pytest.raises(ConfigurationError, match="no config.json"):
+    with pytest.raises(ConfigurationError, match=r"no config\.json"):
         AsyncDiffusionGemma(f"torch:{tmp_path}")
     monkeypatch.setattr(checkpoint_module, "_available_bytes", lambda device: 1024)
     with pytest.raises(ConfigurationError, match=r"needs about .* GiB but .* GiB is free"):
