@@ -18,7 +18,7 @@ from diffusiongemma_torch.checkpoint import load_checkpoint
 from diffusiongemma_torch.config import SamplerSettings
 from diffusiongemma_torch.engine import CanvasCommitted, generate_canvases
 from diffusiongemma_torch.model import DiffusionGemmaTextNet
-from diffusiongemma_torch.sampler import sample_step
+from diffusiongemma_torch.sampler import NoiseSource, sample_step
 from tests.support.tiny_checkpoint import TinySpec, build_tiny_checkpoint
 
 SPECS = {
@@ -129,9 +129,10 @@ def test_default_sampler_draws_from_the_same_distribution() -> None:
     counts = {True: torch.zeros(12), False: torch.zeros(12)}
     for reference in (True, False):
         rng = torch.Generator().manual_seed(42)
+        source = NoiseSource(rng, 1, 6, 12) if reference else None
         masks = set()
         for _ in range(draws):
-            outcome = sample_step(logits, canvas, 0.5, rng, reference=reference)
+            outcome = sample_step(logits, canvas, 0.5, rng, noise=source.take() if source else None)
             masks.add(tuple(outcome.accepted[0].tolist()))
             counts[reference][outcome.next_canvas[0, 0]] += 1
         assert len(masks) == 1  # acceptance depends on the logits only

@@ -184,9 +184,10 @@ class SamplerSettings:
     stability_threshold: int
     reference: bool = False
 
-    def temperature(self, steps_left: int) -> float:
-        """Linear schedule: t_max at the first step, towards t_min at the last."""
-        return self.t_min + (self.t_max - self.t_min) * (steps_left / self.max_denoising_steps)
+    def temperature(self, steps_left: int, device: torch.device) -> torch.Tensor:
+        """Linear schedule from t_max at the first step towards t_min, in fp32 tensor arithmetic as the reference."""
+        step = torch.tensor(steps_left, dtype=torch.int32, device=device)
+        return self.t_min + (self.t_max - self.t_min) * (step / self.max_denoising_steps)
 
 
 def canvases_for(max_tokens: int, canvas_length: int) -> int:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from diffusiongemma_torch.config import SamplerSettings
-from diffusiongemma_torch.model import DiffusionGemmaTextNet
-from diffusiongemma_torch.sampler import sample_step
+from diffusiongemma_torch.model import DiffusionGemmaTextNet, KVCache
+from diffusiongemma_torch.sampler import NoiseSource, sample_step
 
 __all__ = ["CanvasCommitted", "DenoiseStep", "generate_canvases"]
 
@@ -59,20 +59,44 @@ def generate_canvases(
     cache = net.new_cache(batch)
     net.encode(prompt, cache, prompt_valid)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    noise = NoiseSource(generator, batch, length, vocab) if settings.reference else None
+    try:
+        yield from _canvases(net, cache, settings, noise, generator, max_canvases, stop_tokens, pad_token_id, finished)
+    finally:
+        if noise is not None:
+            noise.close()
+
+
+def _canvases(
+    net: DiffusionGemmaTextNet,
+    cache: KVCache,
+    settings: SamplerSettings,
+    noise: NoiseSource | None,
+    generator: torch.Generator,
+    max_canvases: int,
+    stop_tokens: torch.Tensor,
+    pad_token_id: int,
+    finished: torch.Tensor,
+) -> Iterator[DenoiseStep | CanvasCommitted]:
+    batch, device = finished.shape[0], finished.device
+    length, vocab = net.config.canvas_length, net.config.vocab_size
     passes = torch.zeros(batch, dtype=torch.int64, device=device)
     committed: torch.Tensor | None = None
     for canvas_index in range(max_canvases):
         if committed is not None:
             net.encode(committed, cache)
         canvas = torch.randint(0, vocab, (batch, length), generator=generator, device=device)
+        if noise is not None:
+            noise.prefetch()  # drawn while the first denoising pass runs
         argmax, soft = canvas, None
         converged = torch.zeros(batch, dtype=torch.bool, device=device)
         history = torch.full((settings.stability_threshold, batch, length), -1, dtype=torch.long, device=device)
         steps = 0
         for steps_left in range(settings.max_denoising_steps, 0, -1):
             passes += ~(converged | finished)
-            scaled = net.denoise(canvas, cache, soft) / settings.temperature(steps_left)
-            outcome = sample_step(scaled, canvas, settings.entropy_bound, generator, reference=settings.reference)
+            scaled = net.denoise(canvas, cache, soft) / settings.temperature(steps_left, device)
+            step_noise = noise.take() if noise is not None else None
+            outcome = sample_step(scaled, canvas, settings.entropy_bound, generator, noise=step_noise)
             next_soft = net.soft_embedding(_self_conditioning_probabilities(scaled, outcome.probabilities, net.dtype))
             next_argmax, next_canvas = outcome.argmax, outcome.next_canvas
             if bool(converged.any()) and soft is not None:  # converged rows keep their state
@@ -86,6 +110,9 @@ def generate_canvases(
             converged |= stable & (outcome.entropy.mean(dim=-1) < settings.confidence_threshold)
             canvas, argmax, soft = next_canvas, next_argmax, next_soft
             steps += 1
+            last_step = steps_left == 1 or bool(converged.all())
+            if noise is not None and not last_step:
+                noise.prefetch()
             yield DenoiseStep(
                 canvas_index=canvas_index,
                 step=steps,
@@ -93,7 +120,7 @@ def generate_canvases(
                 accepted_fraction=outcome.accepted.float().mean(dim=-1),
                 mean_entropy=outcome.entropy.mean(dim=-1),
             )
-            if bool(converged.all()):
+            if last_step:
                 break
         committed, finished = _finalize(argmax.clone(), finished, stop_tokens, pad_token_id)
         yield CanvasCommitted(

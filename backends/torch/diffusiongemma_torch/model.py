@@ -76,11 +76,18 @@ class Attention(nn.Module):
         v = rms_norm(v, None, eps).transpose(1, 2)
         return q, k, v
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        if self.groups > 1:
-            k = k.repeat_interleave(self.groups, dim=1)
-            v = v.repeat_interleave(self.groups, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, *, causal: bool
+    ) -> torch.Tensor:
+        """Scaled dot-product attention with scale 1.0, dispatched as the reference dispatches it."""
+        causal = causal and mask is None and q.shape[2] > 1
+        if mask is None and self.groups > 1 and self.head_dim <= 256:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=1.0, enable_gqa=True)
+        else:
+            if self.groups > 1:
+                k = k.repeat_interleave(self.groups, dim=1)
+                v = v.repeat_interleave(self.groups, dim=1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=1.0)
         return self.o_proj(out.transpose(1, 2).reshape(*q.shape[:1], q.shape[2], -1))
 
 
@@ -129,23 +136,34 @@ class Experts(nn.Module):
         self.down_proj = nn.Parameter(torch.empty(e, h, i))
 
     def forward(self, x: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Each token through its top-k experts, summed in expert order (as the reference does)."""
-        out = torch.zeros_like(x)
-        flat_experts = index.reshape(-1)
-        order = torch.argsort(flat_experts, stable=True)
-        counts = torch.bincount(flat_experts, minlength=self.gate_up_proj.shape[0]).tolist()
-        tokens = order // index.shape[1]
-        slots = order % index.shape[1]
-        start = 0
-        for expert, count in enumerate(counts):
-            if count == 0:
-                continue
-            token_idx, slot_idx = tokens[start : start + count], slots[start : start + count]
-            start += count
-            gate, up = F.linear(x[token_idx], self.gate_up_proj[expert]).chunk(2, dim=-1)
-            hidden = F.linear(gelu_tanh(gate) * up, self.down_proj[expert])
-            out.index_add_(0, token_idx, (hidden * weights[token_idx, slot_idx, None]).to(out.dtype))
-        return out
+        """Each token through its top-k experts: rows grouped by expert, two grouped matmuls, weighted sum."""
+        tokens, top_k = index.shape
+        experts = self.gate_up_proj.shape[0]
+        expert_ids, order = torch.sort(index.reshape(-1))
+        counts = torch.histc(
+            expert_ids.float() if x.device.type in ("cpu", "mps") else expert_ids.int(), experts, 0, experts - 1
+        )
+        offsets = torch.cumsum(counts, dim=0, dtype=torch.int32)
+        hidden = _grouped_linear(x[order // top_k], self.gate_up_proj, offsets)
+        gate, up = hidden.chunk(2, dim=-1)
+        hidden = _grouped_linear(gelu_tanh(gate) * up, self.down_proj, offsets)
+        hidden = hidden * weights.reshape(-1)[order].unsqueeze(-1)
+        restore = torch.empty_like(order)
+        restore[order] = torch.arange(order.numel(), device=order.device)
+        return hidden[restore].view(tokens, top_k, -1).sum(dim=1).to(x.dtype)
+
+
+def _grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Rows of `x`, sorted by expert, each times its expert's weight [E, out, in]."""
+    if hasattr(F, "grouped_mm"):
+        return F.grouped_mm(x.to(weight.dtype), weight.transpose(-2, -1), offs=offsets)
+    out = x.new_empty(x.shape[0], weight.shape[1])  # older torch: one matmul per expert
+    start = 0
+    for expert, end in enumerate(offsets.tolist()):
+        if end > start:
+            out[start:end] = F.linear(x[start:end], weight[expert])
+        start = end
+    return out
 
 
 class Layer(nn.Module):
@@ -260,7 +278,7 @@ class DiffusionGemmaTextNet(nn.Module):
             cos, sin = rope[self.config.layer_types[index]]
             q, k, v = attention.project(rms_norm(x, layer.input_layernorm.weight, eps), cos, sin, eps)
             k, v = cache.extend(index, k, v)
-            out = attention.attend(q, k, v, masks[attention.sliding])
+            out = attention.attend(q, k, v, masks[attention.sliding], causal=True)
             x = x + rms_norm(out, layer.post_attention_layernorm.weight, eps)
             x = layer.feed_forward(x, eps) * layer.encoder_layer_scalar
         cache.length += length
@@ -286,7 +304,7 @@ class DiffusionGemmaTextNet(nn.Module):
             cos, sin = rope[self.config.layer_types[index]]
             q, k, v = attention.project(rms_norm(x, layer.input_layernorm.weight, eps), cos, sin, eps)
             k, v = cache.with_canvas(index, k, v)
-            out = attention.attend(q, k, v, masks[attention.sliding])
+            out = attention.attend(q, k, v, masks[attention.sliding], causal=False)
             x = x + rms_norm(out, layer.post_attention_layernorm.weight, eps)
             x = layer.feed_forward(x, eps) * layer.layer_scalar
         return self._logits(x)

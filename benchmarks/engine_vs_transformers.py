@@ -1,0 +1,157 @@
+"""diffusiongemma-torch's engine vs transformers' `generate()` on the same random weights and settings.
+
+Both run the reference sampler from the same seed and must produce identical tokens (asserted). Prints wall time per
+canvas, denoising steps/s and tokens/s for each, and the ratio, measured in this one run.
+
+    .venv/bin/python benchmarks/engine_vs_transformers.py                   # CPU fp32, mid-size config
+    .venv/bin/python benchmarks/engine_vs_transformers.py --device cuda --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from diffusiongemma_torch.checkpoint import load_checkpoint
+from diffusiongemma_torch.config import SamplerSettings
+from diffusiongemma_torch.engine import CanvasCommitted, generate_canvases
+
+
+def build(directory: Path, args: argparse.Namespace) -> None:
+    from transformers import (
+        DiffusionGemmaConfig,
+        DiffusionGemmaForBlockDiffusion,
+        DiffusionGemmaTextConfig,
+        Gemma4VisionConfig,
+    )
+
+    torch.manual_seed(0)
+    text = DiffusionGemmaTextConfig(
+        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=2 * args.hidden,
+        moe_intermediate_size=args.hidden // 2, num_experts=args.experts, top_k_experts=args.top_k,
+        num_hidden_layers=4, layer_types=["sliding_attention"] * 3 + ["full_attention"], num_attention_heads=8,
+        num_key_value_heads=4, head_dim=64, global_head_dim=128, num_global_key_value_heads=2, sliding_window=512,
+        max_position_embeddings=8192, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    )  # fmt: skip
+    vision = Gemma4VisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+        head_dim=16,
+    )  # fmt: skip
+    config = DiffusionGemmaConfig(
+        text_config=text, vision_config=vision, canvas_length=args.canvas, image_token_id=args.vocab - 1,
+        boi_token_id=args.vocab - 2, eoi_token_id=args.vocab - 3,
+    )  # fmt: skip
+    DiffusionGemmaForBlockDiffusion(config).save_pretrained(directory)
+
+
+def run_transformers(directory: Path, prompt: torch.Tensor, args: argparse.Namespace) -> tuple[torch.Tensor, float]:
+    from transformers import DiffusionGemmaForBlockDiffusion
+    from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
+
+    model = DiffusionGemmaForBlockDiffusion.from_pretrained(directory, dtype=getattr(torch, args.dtype))
+    model = model.to(args.device).eval()
+    kwargs = {
+        "max_new_tokens": args.canvases * args.canvas, "max_denoising_steps": args.steps,
+        "sampler_config": EntropyBoundSamplerConfig(entropy_bound=0.1), "t_min": 0.4, "t_max": 0.8,
+        "stability_threshold": 1, "confidence_threshold": 0.005, "eos_token_id": [1], "pad_token_id": 0,
+    }  # fmt: skip
+    with torch.inference_mode():
+        torch.manual_seed(123)
+        model.generate(prompt, **{**kwargs, "max_new_tokens": args.canvas, "max_denoising_steps": 1})  # warm-up
+        synchronize(args.device)
+        torch.manual_seed(args.seed)
+        started = time.perf_counter()
+        tokens = model.generate(prompt, **kwargs).sequences
+        synchronize(args.device)
+    return tokens, time.perf_counter() - started
+
+
+def run_engine(
+    directory: Path, prompt: torch.Tensor, args: argparse.Namespace, *, reference: bool = True
+) -> tuple[torch.Tensor, float]:
+    net = load_checkpoint(str(directory), device=args.device, dtype=args.dtype).net
+    settings = SamplerSettings(
+        max_denoising_steps=args.steps, entropy_bound=0.1, t_min=0.4, t_max=0.8, confidence_threshold=0.005,
+        stability_threshold=1, reference=reference,
+    )  # fmt: skip
+
+    def generate(seed: int, canvases: int, steps_settings: SamplerSettings) -> torch.Tensor:
+        generator = torch.Generator(device=args.device).manual_seed(seed)
+        out = [prompt]
+        for report in generate_canvases(
+            net, prompt, steps_settings, max_canvases=canvases, stop_token_ids=(1,), pad_token_id=0,
+            generator=generator,
+        ):  # fmt: skip
+            if isinstance(report, CanvasCommitted):
+                out.append(report.tokens)
+        return torch.cat(out, dim=1)
+
+    warm = SamplerSettings(**{**settings.__dict__, "max_denoising_steps": 1})
+    generate(123, 1, warm)
+    synchronize(args.device)
+    started = time.perf_counter()
+    tokens = generate(args.seed, args.canvases, settings)
+    synchronize(args.device)
+    return tokens, time.perf_counter() - started
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--vocab", type=int, default=32768)
+    parser.add_argument("--experts", type=int, default=16)
+    parser.add_argument("--top-k", type=int, default=4)
+    parser.add_argument("--canvas", type=int, default=256)
+    parser.add_argument("--canvases", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=8, help="denoising steps per canvas (random weights use all)")
+    parser.add_argument("--prompt-tokens", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as folder:
+        directory = Path(folder)
+        build(directory, args)
+        prompt = torch.randint(3, args.vocab, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(1))
+        prompt = prompt.to(args.device)
+        theirs, their_time = run_transformers(directory, prompt, args)
+        ours, our_time = run_engine(directory, prompt, args)
+        _, default_time = run_engine(directory, prompt, args, reference=False)
+    assert torch.equal(theirs, ours), "the engine's tokens differ from transformers' generate()"
+
+    steps = args.canvases * args.steps
+    tokens = args.canvases * args.canvas
+    print(
+        f"config: hidden {args.hidden}, 4 layers (1 full), vocab {args.vocab}, {args.experts} experts "
+        f"top-{args.top_k}, canvas {args.canvas}, {args.canvases} canvases x {args.steps} steps, {args.device} "
+        f"{args.dtype}, torch {torch.__version__}; reference outputs identical"
+    )
+    print(f"{'implementation':<44}{'s/canvas':>10}{'steps/s':>10}{'tokens/s':>10}{'ratio':>8}")
+    rows = (
+        ("transformers generate()", their_time),
+        ("diffusiongemma-torch, sampler=reference", our_time),
+        ("diffusiongemma-torch, sampler=default", default_time),
+    )
+    for name, seconds in rows:
+        print(
+            f"{name:<44}{seconds / args.canvases:>10.3f}{steps / seconds:>10.2f}{tokens / seconds:>10.1f}"
+            f"{their_time / seconds:>7.2f}x"
+        )
+    print("(reference: tokens identical to transformers; default: the same distribution, other random draws)")
+
+
+if __name__ == "__main__":
+    main()
