@@ -9,6 +9,8 @@ softcap.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -270,17 +272,7 @@ class DiffusionGemmaTextNet(nn.Module):
         valid = torch.ones_like(ids, dtype=torch.bool) if valid is None else valid
         all_valid = torch.cat([cache.valid, valid], dim=1)
         masks = {sliding: self._causal_mask(cache, positions, all_valid, sliding) for sliding in (False, True)}
-        x = self._embed(ids)
-        rope = self._rope(positions, x.dtype)
-        eps = self.config.rms_norm_eps
-        for index, layer in enumerate(self.layers):
-            attention: Attention = layer.self_attn
-            cos, sin = rope[self.config.layer_types[index]]
-            q, k, v = attention.project(rms_norm(x, layer.input_layernorm.weight, eps), cos, sin, eps)
-            k, v = cache.extend(index, k, v)
-            out = attention.attend(q, k, v, masks[attention.sliding], causal=True)
-            x = x + rms_norm(out, layer.post_attention_layernorm.weight, eps)
-            x = layer.feed_forward(x, eps) * layer.encoder_layer_scalar
+        x = self._layers(self._embed(ids), positions, masks, cache.extend, causal=True, encoder=True)
         cache.length += length
         cache.valid = all_valid
         return self._logits(x) if logits else None
@@ -297,17 +289,32 @@ class DiffusionGemmaTextNet(nn.Module):
         sc = self.self_conditioning
         x = rms_norm(x + sc(rms_norm(soft, sc.pre_norm.weight, eps)), None, eps)
         positions = torch.arange(cache.length, cache.length + canvas.shape[1], device=canvas.device)
-        rope = self._rope(positions, x.dtype)
         masks = {sliding: self._canvas_mask(cache, canvas.shape[1], sliding) for sliding in (False, True)}
+        x = self._layers(x, positions, masks, cache.with_canvas, causal=False, encoder=False)
+        return self._logits(x)
+
+    def _layers(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        masks: dict[bool, torch.Tensor | None],
+        keys_values: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+        *,
+        causal: bool,
+        encoder: bool,
+    ) -> torch.Tensor:
+        """The shared body: `keys_values` decides what each layer attends over (and whether it is stored)."""
+        eps = self.config.rms_norm_eps
+        rope = self._rope(positions, x.dtype)
         for index, layer in enumerate(self.layers):
             attention: Attention = layer.self_attn
             cos, sin = rope[self.config.layer_types[index]]
             q, k, v = attention.project(rms_norm(x, layer.input_layernorm.weight, eps), cos, sin, eps)
-            k, v = cache.with_canvas(index, k, v)
-            out = attention.attend(q, k, v, masks[attention.sliding], causal=False)
+            k, v = keys_values(index, k, v)
+            out = attention.attend(q, k, v, masks[attention.sliding], causal=causal)
             x = x + rms_norm(out, layer.post_attention_layernorm.weight, eps)
-            x = layer.feed_forward(x, eps) * layer.layer_scalar
-        return self._logits(x)
+            x = layer.feed_forward(x, eps) * (layer.encoder_layer_scalar if encoder else layer.layer_scalar)
+        return x
 
     def soft_embedding(self, probabilities: torch.Tensor) -> torch.Tensor:
         """Self-conditioning signal from a step's fp32 probabilities: `probs @ E * sqrt(hidden)`, at hidden size."""
