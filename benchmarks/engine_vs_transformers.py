@@ -22,33 +22,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from diffusiongemma_torch.checkpoint import load_checkpoint
 from diffusiongemma_torch.config import SamplerSettings
 from diffusiongemma_torch.engine import CanvasCommitted, generate_canvases
+from tests.support.tiny_checkpoint import TinySpec, build_tiny_checkpoint
 
 
 def build(directory: Path, args: argparse.Namespace) -> None:
-    from transformers import (
-        DiffusionGemmaConfig,
-        DiffusionGemmaForBlockDiffusion,
-        DiffusionGemmaTextConfig,
-        Gemma4VisionConfig,
-    )
-
-    torch.manual_seed(0)
-    text = DiffusionGemmaTextConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=2 * args.hidden,
-        moe_intermediate_size=args.hidden // 2, num_experts=args.experts, top_k_experts=args.top_k,
-        num_hidden_layers=4, layer_types=["sliding_attention"] * 3 + ["full_attention"], num_attention_heads=8,
-        num_key_value_heads=4, head_dim=64, global_head_dim=128, num_global_key_value_heads=2, sliding_window=512,
-        max_position_embeddings=8192, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    spec = TinySpec(
+        vocab=args.vocab, hidden=args.hidden, layers=("sliding_attention",) * 3 + ("full_attention",),
+        sliding_window=512, canvas=args.canvas, experts=args.experts, top_k=args.top_k, heads=8, kv_heads=4,
+        head_dim=64, global_head_dim=128, global_kv_heads=2,
     )  # fmt: skip
-    vision = Gemma4VisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-        head_dim=16,
-    )  # fmt: skip
-    config = DiffusionGemmaConfig(
-        text_config=text, vision_config=vision, canvas_length=args.canvas, image_token_id=args.vocab - 1,
-        boi_token_id=args.vocab - 2, eoi_token_id=args.vocab - 3,
-    )  # fmt: skip
-    DiffusionGemmaForBlockDiffusion(config).save_pretrained(directory)
+    build_tiny_checkpoint(directory, spec)
 
 
 def run_transformers(directory: Path, prompt: torch.Tensor, args: argparse.Namespace) -> tuple[torch.Tensor, float]:

@@ -65,6 +65,11 @@ class TinySpec:
     canvas: int = 16
     experts: int = 4
     top_k: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    head_dim: int = 16
+    global_head_dim: int = 32
+    global_kv_heads: int = 1
 
 
 def build_tiny_checkpoint(directory: Path, spec: TinySpec = TinySpec(), seed: int = 0) -> Path:
@@ -80,10 +85,10 @@ def build_tiny_checkpoint(directory: Path, spec: TinySpec = TinySpec(), seed: in
     text = DiffusionGemmaTextConfig(
         vocab_size=spec.vocab, hidden_size=spec.hidden, intermediate_size=2 * spec.hidden,
         moe_intermediate_size=spec.hidden // 2, num_experts=spec.experts, top_k_experts=spec.top_k,
-        num_hidden_layers=len(spec.layers), layer_types=list(spec.layers), num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, global_head_dim=32, num_global_key_value_heads=1,
-        sliding_window=spec.sliding_window, max_position_embeddings=4096, pad_token_id=0, eos_token_id=1,
-        bos_token_id=2,
+        num_hidden_layers=len(spec.layers), layer_types=list(spec.layers), num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads, head_dim=spec.head_dim, global_head_dim=spec.global_head_dim,
+        num_global_key_value_heads=spec.global_kv_heads, sliding_window=spec.sliding_window,
+        max_position_embeddings=8192, pad_token_id=0, eos_token_id=1, bos_token_id=2,
     )  # fmt: skip
     vision = Gemma4VisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
