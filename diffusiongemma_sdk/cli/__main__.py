@@ -1,0 +1,5 @@
+"""`python -m diffusiongemma_sdk.cli`: the same program as the `diffusiongemma` script."""
+
+from diffusiongemma_sdk.cli import main
+
+main()

@@ -1,0 +1,54 @@
+"""`diffusiongemma serve`: an OpenAI-compatible HTTP server over any backend (the `server` extra)."""
+
+from __future__ import annotations
+
+from importlib.util import find_spec
+from typing import Annotated
+
+import typer
+
+from diffusiongemma_sdk.cli.failures import CommandError, reporting_failures
+from diffusiongemma_sdk.cli.options import BackendOption, DebugOption
+from diffusiongemma_sdk.server.defaults import DEFAULT_HOST, DEFAULT_PORT
+
+__all__ = ["serve"]
+
+API_KEY_ENV = "DIFFUSIONGEMMA_SERVER_API_KEY"
+SERVER_PACKAGES = ("starlette", "uvicorn")
+
+
+def serve(
+    backend: BackendOption = None,
+    host: Annotated[
+        str, typer.Option(metavar="ADDRESS", help="Where to listen; 127.0.0.1 keeps the server to this machine.")
+    ] = DEFAULT_HOST,
+    port: Annotated[int, typer.Option(metavar="N", min=1, max=65535, help="The port to listen on.")] = DEFAULT_PORT,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            metavar="KEY",
+            envvar=API_KEY_ENV,
+            show_default=False,
+            help="Ask every request (but /health) for 'Authorization: Bearer KEY'. "
+            "Prefer the variable: other users of the machine can see a command line.",
+        ),
+    ] = None,
+    debug: DebugOption = False,
+) -> None:
+    """Serve the backend as an OpenAI-compatible API at http://HOST:PORT/v1.
+
+    Any OpenAI client can use it, and so can this SDK as --backend
+    openai:http://HOST:PORT/v1. The backend loads once, before the server
+    listens. Ctrl-C stops the server, after giving requests in flight time to finish.
+    Needs the server extra: pip install 'diffusiongemma-sdk\\[server]'.
+    """
+    with reporting_failures(debug):
+        missing = [name for name in SERVER_PACKAGES if find_spec(name) is None]
+        if missing:
+            raise CommandError(
+                f"The server needs {' and '.join(missing)}, which this Python lacks.",
+                "install the server extra: pip install 'diffusiongemma-sdk[server]'",
+            )
+        from diffusiongemma_sdk.server import run_server
+
+        run_server(backend, host=host, port=port, api_key=api_key or None)
