@@ -96,6 +96,16 @@ class Backend(abc.ABC):
     def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
         """Run one request, yielding events as they happen; the last one is a `DoneEvent`."""
 
+    @property
+    def capabilities_known(self) -> bool:
+        """False while `capabilities` may still change once the backend has asked (an `openai:` server that
+        advertises what it supports); the client then awaits `discover_capabilities()` before checking a request."""
+        return True
+
+    async def discover_capabilities(self) -> Capabilities:
+        """Learn what the backend supports where that takes I/O (done once), and return `capabilities`."""
+        return self.capabilities
+
     async def models(self) -> list[ModelInfo]:
         """The models this backend serves."""
         return [ModelInfo(id=self.name)]

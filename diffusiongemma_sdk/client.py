@@ -113,8 +113,8 @@ class AsyncDiffusionGemma:
         With `response_model`, the answer is validated into that pydantic model (`Generation.parsed`), re-asking up
         to `max_validation_retries` times before raising `OutputValidationError`.
         """
-        request = self._request(
-            prompt, max_tokens, thinking, tools, tool_choice, diffusion, seed, stop, timeout, max_retries
+        request = await self._checked(
+            self._build(prompt, max_tokens, thinking, tools, tool_choice, diffusion, seed, stop, timeout, max_retries)
         )
         if response_model is None:
             return await self._backend.generate(request)
@@ -144,11 +144,28 @@ class AsyncDiffusionGemma:
         timeout: float | None = None,
         max_retries: int | None = None,
     ) -> GenerationStream:
-        """Generate with events as they happen: `async with client.stream(...) as s: async for event in s`."""
-        request = self._request(
+        """Generate with events as they happen: `async with client.stream(...) as s: async for event in s`.
+
+        Malformed arguments raise here. A feature the backend lacks raises here too, except on a backend that has
+        yet to learn what it supports (an `openai:` server is asked once): then it raises at the first event.
+        """
+        request = self._build(
             prompt, max_tokens, thinking, tools, tool_choice, diffusion, seed, stop, timeout, max_retries
         )
-        return GenerationStream(lambda: self._backend.stream(request))
+        if self._backend.capabilities_known:
+            checked = self._check(request, self.capabilities)
+            return GenerationStream(lambda: self._backend.stream(checked))
+        return GenerationStream(lambda: self._stream_checked(request))
+
+    async def _stream_checked(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        events = self._backend.stream(await self._checked(request))
+        try:
+            async for event in events:
+                yield event
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     @overload
     async def generate_batch(
@@ -222,7 +239,16 @@ class AsyncDiffusionGemma:
     ) -> None:
         await self.aclose()
 
-    def _request(
+    async def _checked(self, request: GenerationRequest) -> GenerationRequest:
+        """The request after the unsupported-parameter policy, once the backend knows what it supports."""
+        if self._backend.capabilities_known:
+            return self._check(request, self.capabilities)
+        return self._check(request, await self._backend.discover_capabilities())
+
+    def _check(self, request: GenerationRequest, capabilities: Capabilities) -> GenerationRequest:
+        return apply_policy(request, capabilities, backend=self._backend.name, policy=self.unsupported)
+
+    def _build(
         self,
         prompt: PromptInput,
         max_tokens: int | None,
@@ -255,7 +281,7 @@ class AsyncDiffusionGemma:
             )
         except ValidationError as exc:
             raise InvalidRequestError(f"Invalid request: {describe_validation_error(exc)}") from None
-        return apply_policy(request, self.capabilities, backend=self._backend.name, policy=self.unsupported)
+        return request
 
 
 class GenerationStream:

@@ -46,7 +46,7 @@ def _to_message(item: MessageInput, index: int) -> Message:
             tool_call_id=item.get("tool_call_id"),
             reasoning=item.get("reasoning", item.get("reasoning_content")),
         )
-    except (ValidationError, ValueError, TypeError, KeyError) as exc:
+    except (ValidationError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise InvalidRequestError(f"messages[{index}] is not a valid message: {_describe(exc)}") from None
 
 

@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 from diffusiongemma_sdk.backend import Backend, BackendOptions
 from diffusiongemma_sdk.errors import BackendNotInstalledError, ConfigurationError
 
-__all__ = ["ENTRY_POINT_GROUP", "BackendFactory", "BackendSpec", "create_backend", "default_spec"]
+__all__ = ["DISTRIBUTIONS", "ENTRY_POINT_GROUP", "BackendFactory", "BackendSpec", "create_backend", "default_spec"]
 
 ENTRY_POINT_GROUP = "diffusiongemma_sdk.backends"
 BACKEND_ENV = "DIFFUSIONGEMMA_BACKEND"
@@ -20,7 +20,7 @@ BackendFactory = Callable[[str, BackendOptions], Backend]
 """What a `diffusiongemma_sdk.backends` entry point loads: `(target, options) -> Backend`."""
 
 # Schemes whose distribution we publish, for the install hint when one is missing.
-_DISTRIBUTIONS = {"torch": "diffusiongemma-torch", "gguf": "diffusiongemma-gguf"}
+DISTRIBUTIONS = {"torch": "diffusiongemma-torch", "gguf": "diffusiongemma-gguf"}
 
 _CHOICES = (
     "  nim                       hosted NVIDIA NIM (needs NVIDIA_API_KEY)\n"
@@ -81,6 +81,6 @@ def _factory(scheme: str) -> BackendFactory:
         if entry_point.name == scheme:
             factory: BackendFactory = entry_point.load()
             return factory
-    if scheme in _DISTRIBUTIONS:
-        raise BackendNotInstalledError(scheme, _DISTRIBUTIONS[scheme])
+    if scheme in DISTRIBUTIONS:
+        raise BackendNotInstalledError(scheme, DISTRIBUTIONS[scheme])
     raise ConfigurationError(f"Unknown backend scheme {scheme!r}. Choose one of:\n{_CHOICES}")

@@ -29,7 +29,7 @@ class Tool(BaseModel):
     @field_validator("name")
     @classmethod
     def _check_name(cls, name: str) -> str:
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise ValueError(
                 f"tool name {name!r} must be 1-64 characters of letters, digits and '_' "
                 "(Gemma's tool-call format cannot carry other characters)"

@@ -63,7 +63,11 @@ def create_nim_backend(target: str, options: BackendOptions) -> RemoteBackend:
 
 
 def create_openai_backend(target: str, options: BackendOptions) -> RemoteBackend:
-    """`openai:<base_url>[#<model>]`: any OpenAI-compatible server; key from api_key= or `DIFFUSIONGEMMA_API_KEY`."""
+    """`openai:<base_url>[#<model>]`: any OpenAI-compatible server; key from api_key= or `DIFFUSIONGEMMA_API_KEY`.
+
+    Capabilities the server advertises in its `GET /models` entry (as `diffusiongemma serve` does) replace
+    `OPENAI_COMPATIBLE_CAPABILITIES`; they are read once, before the first request is checked.
+    """
     base_url, _, model = target.partition("#")
     try:
         url = httpx.URL(base_url)
@@ -81,6 +85,7 @@ def create_openai_backend(target: str, options: BackendOptions) -> RemoteBackend
         model=model or None,
         api_key=options.api_key or _env_secret("DIFFUSIONGEMMA_API_KEY"),
         capabilities=OPENAI_COMPATIBLE_CAPABILITIES,
+        discover=True,
     )
 
 

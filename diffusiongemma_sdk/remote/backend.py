@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 import httpx
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from diffusiongemma_sdk._version import __version__
@@ -26,8 +26,8 @@ from diffusiongemma_sdk.errors import (
 from diffusiongemma_sdk.remote.errors import error_from_payload, error_from_response
 from diffusiongemma_sdk.remote.limits import RequestRateLimiter
 from diffusiongemma_sdk.remote.pool import ShardedClient
-from diffusiongemma_sdk.remote.sse import iter_sse_json
-from diffusiongemma_sdk.remote.wire import StreamAssembler, build_body, generation_from_response
+from diffusiongemma_sdk.remote.sse import SSEComment, iter_sse_items
+from diffusiongemma_sdk.remote.wire import StreamAssembler, build_body, generation_from_response, parse_draft_comment
 from diffusiongemma_sdk.types import DoneEvent, Generation, StreamEvent, ToolCallEvent, UsageEvent
 
 __all__ = ["RemoteBackend"]
@@ -46,7 +46,10 @@ _TRANSIENT_400 = "DEGRADED function"
 class RemoteBackend(Backend):
     """A backend that talks to `POST {base_url}/chat/completions`.
 
-    With no `model`, the first model the server lists at `GET {base_url}/models` is used.
+    With no `model`, the first model the server lists at `GET {base_url}/models` is used (fetched lazily, once).
+    With `discover` too, that entry's `capabilities` object (what `diffusiongemma serve` advertises) replaces
+    `capabilities`, so per-request diffusion settings, thinking and denoise drafts are used as the server declares;
+    a server that advertises nothing keeps `capabilities`. A named `model` means no `GET /models`, so no discovery.
     """
 
     def __init__(
@@ -62,12 +65,17 @@ class RemoteBackend(Backend):
         stream_idle_timeout: float = STREAM_IDLE_TIMEOUT,
         requests_per_minute: int | None = None,
         max_concurrency: int | None = None,
+        discover: bool = False,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self._model = model
         self._api_key = api_key
         self._capabilities = capabilities.model_copy(update={"max_concurrency": max_concurrency})
+        self._max_concurrency = max_concurrency
+        self._discovered = not (discover and model is None)
+        #: The capabilities the server advertised for the model, once read; None if it advertised none.
+        self.advertised: Capabilities | None = None
         self._timeout = timeout
         self._max_retries = max_retries
         self._stream_idle_timeout = stream_idle_timeout
@@ -78,6 +86,15 @@ class RemoteBackend(Backend):
 
     @property
     def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    @property
+    def capabilities_known(self) -> bool:
+        return self._discovered
+
+    async def discover_capabilities(self) -> Capabilities:
+        if not self._discovered:
+            await self.model_id()
         return self._capabilities
 
     @property
@@ -99,7 +116,7 @@ class RemoteBackend(Backend):
         return [ModelInfo.model_validate(item) for item in data if isinstance(item, Mapping) and "id" in item]
 
     async def model_id(self) -> str:
-        """The model id sent with each request."""
+        """The model id sent with each request (the first listed model when none was named)."""
         async with self._model_lock:
             if self._model is None:
                 listed = await self.models()
@@ -108,7 +125,22 @@ class RemoteBackend(Backend):
                         f"The server at {self.base_url} lists no models; name one in the spec: openai:<url>#<model>"
                     )
                 self._model = listed[0].id
+                if not self._discovered:
+                    self._adopt((listed[0].model_extra or {}).get("capabilities"))
+                    self._discovered = True
         return self._model
+
+    def _adopt(self, advertised: Any) -> None:
+        if not isinstance(advertised, Mapping):
+            return
+        try:
+            capabilities = Capabilities.model_validate(advertised)
+        except ValidationError:
+            logger.info("%s/models advertises capabilities this SDK cannot read; ignoring them", self.base_url)
+            return
+        self.advertised = capabilities
+        limit = self._max_concurrency if self._max_concurrency is not None else capabilities.max_concurrency
+        self._capabilities = capabilities.model_copy(update={"max_concurrency": limit})
 
     async def generate(self, request: GenerationRequest) -> Generation:
         timeout = request.timeout or self._timeout
@@ -145,8 +177,14 @@ class RemoteBackend(Backend):
             client, "POST", "/chat/completions", body, stream=True, max_retries=self._retries(request)
         )
         assembler = StreamAssembler(backend=self.name)
+        drafts = bool(body.get("diffusing"))
         try:
-            async for payload in iter_sse_json(response):
+            async for payload in iter_sse_items(response):
+                if isinstance(payload, SSEComment):
+                    draft = parse_draft_comment(payload.text) if drafts else None
+                    if draft is not None:
+                        yield draft
+                    continue
                 if ("error" in payload and "choices" not in payload) or payload.get("object") == "error":
                     raise error_from_payload(payload, response.headers)
                 for event in assembler.feed(payload):
@@ -176,7 +214,7 @@ class RemoteBackend(Backend):
         yield DoneEvent(generation=generation)
 
     def _body(self, request: GenerationRequest, *, model: str, stream: bool) -> dict[str, Any]:
-        body = build_body(request, model=model, stream=stream)
+        body = build_body(request, model=model, stream=stream, drafts=self._capabilities.denoise_stream)
         if request.response_schema is not None and self._capabilities.native_structured_output:
             body["response_format"] = {
                 "type": "json_schema",

@@ -11,6 +11,7 @@ from diffusiongemma_sdk.backend import GenerationRequest
 from diffusiongemma_sdk.gemma4 import Gemma4StreamParser, Segment, parse_gemma_value
 from diffusiongemma_sdk.types import (
     CanvasEvent,
+    DenoiseStepEvent,
     FinishReason,
     Generation,
     ImagePart,
@@ -21,7 +22,29 @@ from diffusiongemma_sdk.types import (
     Usage,
 )
 
-__all__ = ["StreamAssembler", "build_body", "generation_from_response"]
+__all__ = [
+    "DRAFT_COMMENT",
+    "USAGE_EXTRAS",
+    "StreamAssembler",
+    "build_body",
+    "draft_comment",
+    "generation_from_response",
+    "parse_draft_comment",
+]
+
+# Extensions spoken by `diffusiongemma serve` (and only sent to servers that advertise them at GET /models):
+# a `diffusion` body field with DiffusionParams' fields, and `diffusing: true`, which asks for each denoising step's
+# draft as an SSE comment line `: denoise_step {json}`. Comments are the one SSE element every client skips:
+# openai-python (3.51) turns events named with `event:` into chunks like any other, and fails on those without data.
+DRAFT_COMMENT = "denoise_step"
+# Diffusion statistics a server may add to `usage`, next to the token counts.
+USAGE_EXTRAS: dict[str, type[int] | type[float]] = {
+    "canvases": int,
+    "denoising_steps": int,
+    "tokens_per_forward": float,
+    "ttft_s": float,
+    "wall_s": float,
+}
 
 _KNOWN_TOP = {"id", "object", "created", "model", "choices", "usage", "system_fingerprint"}
 _KNOWN_CHOICE = {"index", "message", "delta", "finish_reason", "logprobs"}
@@ -37,12 +60,20 @@ _FINISH_REASONS: dict[str, FinishReason] = {
 }
 
 
-def build_body(request: GenerationRequest, *, model: str, stream: bool) -> dict[str, Any]:
-    """The JSON body of `POST /chat/completions`. SDK-only options never enter it."""
+def build_body(request: GenerationRequest, *, model: str, stream: bool, drafts: bool = False) -> dict[str, Any]:
+    """The JSON body of `POST /chat/completions`. SDK-only options never enter it.
+
+    Per-request diffusion settings only reach a backend that declares them (the client's policy drops them
+    otherwise) and go in a `diffusion` field; `drafts` asks a streaming server for denoise drafts (`diffusing`).
+    """
     body: dict[str, Any] = {"model": model, "messages": [_wire_message(m) for m in request.messages]}
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
+        if drafts:
+            body["diffusing"] = True
+    if request.diffusion is not None and not request.diffusion.is_empty():
+        body["diffusion"] = request.diffusion.model_dump(mode="json", exclude_none=True)
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
     if request.thinking is not None:
@@ -56,6 +87,22 @@ def build_body(request: GenerationRequest, *, model: str, stream: bool) -> dict[
     if request.stop:
         body["stop"] = request.stop
     return body
+
+
+def draft_comment(event: DenoiseStepEvent) -> str:
+    """The SSE comment line (with its blank line) that carries a denoise draft."""
+    return f": {DRAFT_COMMENT} {event.model_dump_json(exclude={'type'})}\n\n"
+
+
+def parse_draft_comment(comment: str) -> DenoiseStepEvent | None:
+    """The draft in an SSE comment's text, or None for any other comment (keep-alives and the like)."""
+    name, _, payload = comment.partition(" ")
+    if name != DRAFT_COMMENT:
+        return None
+    try:
+        return DenoiseStepEvent.model_validate_json(payload)
+    except ValueError:
+        return None
 
 
 def generation_from_response(body: Mapping[str, Any], *, backend: str) -> Generation:
@@ -209,6 +256,10 @@ class StreamAssembler:
             )
         if not new.total_tokens:
             new.total_tokens = new.prompt_tokens + new.completion_tokens
+        for name, kind in USAGE_EXTRAS.items():
+            value = raw.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                setattr(new, name, kind(value))
         self.usage = new
 
 
