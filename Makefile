@@ -29,9 +29,16 @@ unit: install
 
 test: lint typecheck unit
 
-demo: install
-	@echo "make demo runs the bundled demo model once it lands (issue: 'Bundled demo model and make demo')."
-	@echo "Until then, use a remote backend: see README.md, Quick start."
+DEMO_STAMP := $(VENV)/.demo-installed
+DEMO_PROMPT ?= Sort these numbers: 42 7 19 88 3 56 21 64 15 90 33 2 71 48 5
+
+$(DEMO_STAMP): $(BIN)/python requirements-demo.txt pyproject.toml backends/torch/pyproject.toml
+	$(BIN)/python -m pip install --quiet -r requirements-demo.txt
+	touch $(DEMO_STAMP)
+
+# The main job on the bundled demo model: no key, no GPU, no download.
+demo: $(DEMO_STAMP)
+	$(BIN)/diffusiongemma generate --backend torch:demo "$(DEMO_PROMPT)"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

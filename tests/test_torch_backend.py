@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from diffusiongemma_sdk import (
     DiffusionParams,
     DoneEvent,
     ImagePart,
+    InvalidRequestError,
     Message,
     UnsupportedParameterError,
 )
@@ -115,6 +117,30 @@ async def test_every_diffusion_param_works_per_request(tiny: Path) -> None:
             diffusion={"stability_threshold": 0, "confidence_threshold": 100.0, "t_min": 0.1, "t_max": 2.0},
         )  # fmt: skip
         assert eager.usage.denoising_steps == 1  # always stable and "confident": stops after one step
+
+
+def with_template(checkpoint: Path, folder: Path, template: str) -> Path:
+    """A copy of `checkpoint` with another chat template."""
+    shutil.copytree(checkpoint, folder)
+    (folder / "chat_template.jinja").write_text(template)
+    return folder
+
+
+async def test_odd_request_values_work_or_are_invalid_requests(tiny: Path, tmp_path: Path) -> None:
+    """What a client can send never fails inside the engine (a server would answer it with a 500)."""
+    async with AsyncDiffusionGemma(f"torch:{tiny}") as client:
+        huge = await client.generate("q", seed=2**70, max_tokens=16, diffusion={"stability_threshold": 10**18})
+        assert huge.usage.completion_tokens <= 16  # the seed wraps; a history longer than the steps is not allocated
+        wrapped = await client.generate("q", seed=2**70 % 2**64, max_tokens=16)
+        assert wrapped.text == (await client.generate("q", seed=2**70, max_tokens=16)).text
+        with pytest.raises(InvalidRequestError, match="t_min"):  # above the checkpoint's t_max
+            await client.generate("q", diffusion={"t_min": 50.0})
+        with pytest.raises(InvalidRequestError, match="unpaired surrogate"):
+            await client.generate("lone \udc2c surrogate")
+    refusing = with_template(tiny, tmp_path / "refusing", "{{ raise_exception('no system turns') }}")
+    async with AsyncDiffusionGemma(f"torch:{refusing}") as client:
+        with pytest.raises(InvalidRequestError, match="refused the conversation: no system turns"):
+            await client.generate("q")
 
 
 async def test_stream_events_and_stream_every(tiny: Path) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import ValidationError
 
 from diffusiongemma_sdk import BackendOptions, ConfigurationError
@@ -11,10 +9,9 @@ from diffusiongemma_sdk.errors import describe_validation_error
 from diffusiongemma_torch.backend import TorchBackend, TorchOptions
 from diffusiongemma_torch.chat import ChatFormat
 from diffusiongemma_torch.checkpoint import load_checkpoint
+from diffusiongemma_torch.demo import DEMO_DIR
 
 __all__ = ["DEMO_DIR", "TorchBackend", "TorchOptions", "create_backend"]
-
-DEMO_DIR = Path(__file__).parent / "demo"
 
 
 def create_backend(target: str, options: BackendOptions) -> TorchBackend:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import aclosing
@@ -98,13 +99,14 @@ class TorchBackend(Backend):
             run = await anyio.to_thread.run_sync(self._start, request, limiter=self._worker)
             try:
                 while not run.complete:
-                    report = await anyio.to_thread.run_sync(_next, run.reports, limiter=self._worker)
+                    report = await anyio.to_thread.run_sync(_next, run, limiter=self._worker)
                     if report is None:
                         break
                     for event in run.handle(report, drafts=drafts, every=self.options.stream_every):
                         yield event
             finally:
-                run.reports.close()  # the worker is idle here: a cancellation waits for the step in flight
+                with run.stepping:  # a cancellation that did not wait for the worker waits here for its step
+                    run.reports.close()
                 if self.checkpoint.net.embed_tokens.weight.is_cuda:
                     torch.cuda.empty_cache()
             generation = run.generation()
@@ -122,7 +124,8 @@ class TorchBackend(Backend):
         max_tokens = request.max_tokens or self.options.default_max_tokens
         device = net.embed_tokens.weight.device
         generator = torch.Generator(device=device)
-        generator.manual_seed(request.seed if request.seed is not None else secrets.randbits(63))
+        # torch takes seeds in [-2**63, 2**64); any other integer wraps as torch wraps negative ones
+        generator.manual_seed(request.seed % 2**64 if request.seed is not None else secrets.randbits(63))
         reports = generate_canvases(
             net,
             torch.tensor([prompt_ids], device=device),
@@ -143,8 +146,9 @@ class TorchBackend(Backend):
         )
 
 
-def _next(reports: Iterator[DenoiseStep | CanvasCommitted]) -> DenoiseStep | CanvasCommitted | None:
-    return next(reports, None)
+def _next(run: _Run) -> DenoiseStep | CanvasCommitted | None:
+    with run.stepping:
+        return next(run.reports, None)
 
 
 @dataclass
@@ -160,6 +164,7 @@ class _Run:
     stop_strings: list[str]
     tokens: list[int] = field(default_factory=list)
     text: str = ""
+    stepping: threading.Lock = field(default_factory=threading.Lock)
     finish_reason: FinishReason = "length"
     complete: bool = False
     canvases: int = 0

@@ -7,25 +7,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from jinja2 import TemplateError
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-from diffusiongemma_sdk import ConfigurationError, Message, Tool
+from diffusiongemma_sdk import ConfigurationError, InvalidRequestError, Message, Tool
 
-__all__ = ["ChatFormat"]
+__all__ = ["ChatFormat", "ChatTemplate"]
 
 
-class ChatFormat:
-    """The checkpoint's tokenizer (`tokenizer.json`) and chat template (`chat_template.jinja`)."""
+class ChatTemplate:
+    """The checkpoint's chat template (`chat_template.jinja`, else `tokenizer_config.json`'s), rendered sandboxed."""
 
     def __init__(self, directory: Path) -> None:
-        tokenizer_file = directory / "tokenizer.json"
-        if not tokenizer_file.exists():
-            raise ConfigurationError(
-                f"{directory} has no tokenizer.json; the torch backend needs the checkpoint's tokenizer."
-            )
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         settings = _read_json(directory / "tokenizer_config.json")
         template_file = directory / "chat_template.jinja"
         template = template_file.read_text() if template_file.exists() else settings.get("chat_template")
@@ -46,19 +41,46 @@ class ChatFormat:
         self._special.setdefault("bos_token", "<bos>")
 
     def render(self, messages: list[Message], *, tools: list[Tool], thinking: bool | None) -> str:
-        """The prompt text, ending with the model's turn opener."""
+        """The prompt text, ending with the model's turn opener (or after a tool result, where the model goes on).
+
+        Raises `InvalidRequestError` when the template refuses the conversation or fails on it (a schema nested too
+        deeply for its macros, a value it cannot print): the template is fixed, so the request is what to change.
+        """
         names = {call.id: call.name for message in messages for call in message.tool_calls}
-        return self._template.render(
-            messages=[_template_message(message, names) for message in messages],
-            tools=[{"type": "function", "function": tool.model_dump(mode="json")} for tool in tools] or None,
-            add_generation_prompt=True,
-            enable_thinking=bool(thinking),
-            **self._special,
-        )
+        try:
+            return self._template.render(
+                messages=[_template_message(message, names) for message in messages],
+                tools=[{"type": "function", "function": tool.model_dump(mode="json")} for tool in tools] or None,
+                add_generation_prompt=True,
+                enable_thinking=bool(thinking),
+                **self._special,
+            )
+        except InvalidRequestError:
+            raise
+        except (TemplateError, RecursionError, TypeError, ValueError, LookupError) as exc:
+            raise InvalidRequestError(f"The chat template cannot render this conversation: {exc}") from None
+
+
+class ChatFormat(ChatTemplate):
+    """The checkpoint's chat template plus its tokenizer (`tokenizer.json`)."""
+
+    def __init__(self, directory: Path) -> None:
+        tokenizer_file = directory / "tokenizer.json"
+        if not tokenizer_file.exists():
+            raise ConfigurationError(
+                f"{directory} has no tokenizer.json; the torch backend needs the checkpoint's tokenizer."
+            )
+        super().__init__(directory)
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
 
     def encode(self, text: str) -> list[int]:
         """Token ids of rendered text (the template writes the special tokens itself)."""
-        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        try:
+            return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        except TypeError:  # tokenizers takes only text that UTF-8 can encode
+            raise InvalidRequestError(
+                "The prompt is not valid Unicode text: it has an unpaired surrogate (a lone \\ud800-\\udfff)."
+            ) from None
 
     def decode(self, ids: list[int], *, skip_special_tokens: bool = False) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens))
@@ -94,4 +116,4 @@ def _tojson(value: Any, indent: int | None = None) -> str:
 
 
 def _raise(message: str) -> None:
-    raise ConfigurationError(f"The chat template refused the conversation: {message}")
+    raise InvalidRequestError(f"The chat template refused the conversation: {message}")

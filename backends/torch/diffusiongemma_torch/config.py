@@ -10,11 +10,12 @@ from typing import Any
 
 import torch
 
-from diffusiongemma_sdk import ConfigurationError, DiffusionParams
+from diffusiongemma_sdk import ConfigurationError, DiffusionParams, InvalidRequestError
 
 __all__ = ["GenerationDefaults", "TextConfig"]
 
 _SLIDING, _FULL = "sliding_attention", "full_attention"
+MAX_DENOISING_STEPS = 2**31 - 1  # the temperature schedule counts steps in int32, as the reference does
 _DEFAULT_ROPE = {
     _SLIDING: {"rope_type": "default", "rope_theta": 10_000.0},
     _FULL: {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1_000_000.0},
@@ -168,7 +169,15 @@ class GenerationDefaults:
             reference=p.sampler == "reference",
         )
         if not settings.t_max > settings.t_min:
-            raise ConfigurationError(f"t_max ({settings.t_max}) must be greater than t_min ({settings.t_min}).")
+            message = f"t_max ({settings.t_max}) must be greater than t_min ({settings.t_min})"
+            if p.t_min is None and p.t_max is None:
+                raise ConfigurationError(f"The checkpoint's sampler defaults are inconsistent: {message}.")
+            raise InvalidRequestError(f"{message}; the request set one of them, the checkpoint the other.")
+        if settings.max_denoising_steps > MAX_DENOISING_STEPS:
+            raise InvalidRequestError(
+                f"max_denoising_steps ({settings.max_denoising_steps}) is over this engine's limit of "
+                f"{MAX_DENOISING_STEPS}."
+            )
         return settings
 
 

@@ -90,7 +90,9 @@ def _canvases(
             noise.prefetch()  # drawn while the first denoising pass runs
         argmax, soft = canvas, None
         converged = torch.zeros(batch, dtype=torch.bool, device=device)
-        history = torch.full((settings.stability_threshold, batch, length), -1, dtype=torch.long, device=device)
+        # a canvas is never stable for more steps than it gets, so a longer history would change nothing
+        depth = min(settings.stability_threshold, settings.max_denoising_steps)
+        history = torch.full((depth, batch, length), -1, dtype=torch.long, device=device)
         steps = 0
         for steps_left in range(settings.max_denoising_steps, 0, -1):
             passes += ~(converged | finished)
@@ -104,7 +106,7 @@ def _canvases(
                 next_canvas = torch.where(converged[:, None], canvas, next_canvas)
                 next_soft = torch.where(converged[:, None, None], soft, next_soft)
             stable = (history == next_argmax[None]).all(dim=-1).all(dim=0)
-            if settings.stability_threshold:
+            if depth:
                 history = torch.roll(history, shifts=-1, dims=0)
                 history[-1] = next_argmax
             converged |= stable & (outcome.entropy.mean(dim=-1) < settings.confidence_threshold)

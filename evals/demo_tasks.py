@@ -1,0 +1,119 @@
+"""Accuracy of the bundled demo model on held-out demo tasks, at the default settings and across a step sweep.
+
+    .venv/bin/python evals/demo_tasks.py [--backend torch:demo] [--prompts 100] [--sweep 4,8,16]
+
+Prompts come from `diffusiongemma_torch.demo.tasks` with a seed the training never uses. Everything goes through the
+public client, so any backend spec that serves the demo model can be evaluated (for example a `serve` instance).
+Prints one table: exact match per task, valid tool-call rate, mean denoising steps per canvas and tokens per forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+from dataclasses import dataclass, field
+
+from diffusiongemma_sdk import AsyncDiffusionGemma, DiffusionParams, Generation
+from diffusiongemma_torch.demo.tasks import DemoTask, add_task, check, reverse_task, sort_task
+
+EVAL_SEED = 20261127
+TASKS = {
+    "sort": lambda rng: sort_task(rng),
+    "reverse": lambda rng: reverse_task(rng),
+    "add: call": lambda rng: add_task(rng),
+    "add: answer": lambda rng: add_task(rng, answered_call=True),
+}
+
+
+@dataclass
+class Tally:
+    """Results of one task under one setting."""
+
+    runs: int = 0
+    correct: int = 0
+    valid_calls: int = 0
+    expected_calls: int = 0
+    thoughts: int = 0
+    canvases: int = 0
+    steps: int = 0
+    tokens: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def add(self, task: DemoTask, generation: Generation) -> None:
+        self.runs += 1
+        self.correct += check(task, generation)
+        if task.expected_call is not None:
+            self.expected_calls += 1
+            self.valid_calls += any(
+                call.name == "add" and set(call.arguments) == {"a", "b"} for call in generation.tool_calls
+            )
+        self.thoughts += bool(generation.reasoning)
+        self.canvases += generation.usage.canvases or 0
+        self.steps += generation.usage.denoising_steps or 0
+        self.tokens += generation.usage.completion_tokens
+        if not check(task, generation) and len(self.failures) < 3:
+            self.failures.append(f"{task.messages[0].text!r} -> {generation.text!r} {generation.tool_calls}")
+
+    def row(self, label: str, task: str, thinking: bool) -> str:
+        calls = f"{self.valid_calls / self.expected_calls:.0%}" if self.expected_calls else "-"
+        thought = f"{self.thoughts / self.runs:.0%}" if thinking else "-"
+        steps = self.steps / max(self.canvases, 1)
+        per_forward = self.tokens / max(self.steps, 1)
+        return (
+            f"| {label} | {task} | {self.runs} | {self.correct / self.runs:.1%} | {calls} | {thought} "
+            f"| {steps:.1f} | {per_forward:.2f} |"
+        )
+
+
+async def evaluate(
+    client: AsyncDiffusionGemma, task_name: str, prompts: int, thinking: bool, diffusion: DiffusionParams
+) -> Tally:
+    """Run `prompts` held-out prompts of one task (same prompts for every setting)."""
+    rng = random.Random(f"{EVAL_SEED}-{task_name}")
+    tally = Tally()
+    for index in range(prompts):
+        task = TASKS[task_name](rng)
+        generation = await client.generate(
+            task.messages,
+            tools=task.tools or None,
+            thinking=thinking,
+            max_tokens=128,
+            seed=index,
+            diffusion=None if diffusion.is_empty() else diffusion,
+        )
+        tally.add(task, generation)
+    return tally
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", default="torch:demo")
+    parser.add_argument("--prompts", type=int, default=100, help="prompts per task at the default settings")
+    parser.add_argument("--sweep", default="4,8,16", help="max_denoising_steps values to sweep (comma separated)")
+    parser.add_argument("--sweep-prompts", type=int, default=40)
+    parser.add_argument("--show-failures", action="store_true")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="a DiffusionParams override for every row"
+    )
+    args = parser.parse_args()
+    overrides = dict(item.split("=", 1) for item in args.set)
+
+    settings = [("default", None, False, args.prompts), ("default, thinking", None, True, args.sweep_prompts)]
+    settings += [(f"steps={s}", int(s), False, args.sweep_prompts) for s in args.sweep.split(",") if s]
+    columns = ["setting", "task", "prompts", "exact match", "valid tool calls", "thought written", "steps/canvas"]
+    print("| " + " | ".join([*columns, "tokens/forward"]) + " |")
+    print("|---|---|---|---|---|---|---|---|")
+    async with AsyncDiffusionGemma(backend=args.backend) as client:
+        for label, steps, thinking, prompts in settings:
+            for task_name in TASKS:
+                diffusion = DiffusionParams.model_validate({**overrides, "max_denoising_steps": steps})
+                tally = await evaluate(client, task_name, prompts, thinking, diffusion)
+                print(tally.row(label, task_name, thinking), flush=True)
+                if args.show_failures:
+                    for failure in tally.failures:
+                        print(f"    {failure}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
