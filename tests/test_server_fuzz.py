@@ -26,7 +26,7 @@ from diffusiongemma_sdk.server.openapi import openapi_schema
 from tests.support.serving import Running, serving
 
 SPEC = "torch:demo"
-LIMITS = RequestLimits(max_tokens=32, max_denoising_steps=4)  # one 32-token canvas, 4 steps at most
+LIMITS = RequestLimits(max_tokens=32, max_denoising_steps=2)  # one 32-token canvas, 2 steps at most
 EXAMPLES = 20  # per operation and generation mode, in the fuzzing phase
 SEED = 20261127  # the same cases on every run: a regression test, not a lottery
 CHECKS = (

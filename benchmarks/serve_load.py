@@ -1,0 +1,289 @@
+"""Load on `diffusiongemma serve`: many concurrent OpenAI clients, every answer checked against its own prompt.
+
+Starts `diffusiongemma serve --backend torch:demo` on a free port (its own process), then sends `--requests` chat
+completions from `--concurrency` concurrent openai-python callers: a mix of the demo model's tasks (sort, reverse, the
+two turns of the `add` tool call; `diffusiongemma_torch.demo.tasks`), each with its expected answer and its own seed.
+Before the load, the same backend answers every task in this process, one at a time, with the same seed: each answer
+from the server must be exactly that one (text, tool calls, token count), which shows that every answer belongs to
+its own prompt whatever the model knows. Prints throughput (requests/s, completion tokens/s), client-side latency
+percentiles, the server's own time per request, how many answers match the engine's, how many are right
+(`tasks.check`: the model's quality), and how many requests failed. A wrong answer that is exactly right for another
+prompt of the run is counted as misrouted.
+
+The torch engine serves one generation at a time, so concurrent requests queue on the server: latency is mostly
+waiting, and throughput is the engine's sequential rate.
+
+Exit code 1 if any request failed (no answer, a non-200 status, any 5xx), differs from the engine's answer or was
+misrouted.
+
+    .venv/bin/python benchmarks/serve_load.py [--requests 200] [--concurrency 32] [--backend SPEC] [--no-reference]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from openai import APIStatusError, AsyncOpenAI
+
+from diffusiongemma_sdk import DiffusionGemma, Generation, Message, ToolCall, Usage
+from diffusiongemma_torch.demo.tasks import DemoTask, add_task, check, reverse_task, sort_task
+
+LOAD_SEED = 424242  # the prompts: the same on every run
+KINDS = ("sort", "reverse", "add: call", "add: answer")
+
+
+@dataclass
+class Outcome:
+    """One request: its task, what came back, and how long it took."""
+
+    task: DemoTask
+    latency_s: float
+    status: int | None = None  # None: no HTTP answer at all
+    error: str | None = None
+    generation: Generation | None = None
+
+
+def make_tasks(count: int, rng: random.Random) -> list[DemoTask]:
+    """`count` demo tasks, the four kinds in turn."""
+    makers = {
+        "sort": lambda: sort_task(rng),
+        "reverse": lambda: reverse_task(rng),
+        "add: call": lambda: add_task(rng),
+        "add: answer": lambda: add_task(rng, answered_call=True),
+    }
+    return [makers[KINDS[index % len(KINDS)]]() for index in range(count)]
+
+
+def openai_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    """SDK messages as an OpenAI client sends them."""
+    wire: list[dict[str, Any]] = []
+    for message in messages:
+        entry: dict[str, Any] = {"role": message.role, "content": message.text}
+        if message.tool_calls:
+            entry["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
+                for c in message.tool_calls
+            ]
+        if message.tool_call_id:
+            entry["tool_call_id"] = message.tool_call_id
+        wire.append(entry)
+    return wire
+
+
+def to_generation(completion: Any) -> Generation:
+    """The parts of a `chat.completion` that `tasks.check` reads, plus the usage."""
+    choice = completion.choices[0]
+    calls = [
+        ToolCall(id=call.id, name=call.function.name, arguments=json.loads(call.function.arguments or "{}"))
+        for call in choice.message.tool_calls or []
+    ]
+    usage = completion.usage
+    extra = (usage.model_extra or {}) if usage else {}
+    return Generation(
+        text=choice.message.content or "",
+        tool_calls=calls,
+        usage=Usage(
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            total_tokens=usage.total_tokens if usage else 0,
+            wall_s=extra.get("wall_s"),
+        ),
+    )
+
+
+async def run_load(base_url: str, model: str, tasks: list[DemoTask], concurrency: int) -> tuple[list[Outcome], float]:
+    """Every task sent once by `concurrency` callers; the outcomes in task order and the wall time."""
+    client = AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
+    outcomes: list[Outcome | None] = [None] * len(tasks)
+    queue = iter(range(len(tasks)))
+
+    async def one(index: int) -> Outcome:
+        task = tasks[index]
+        tools = [{"type": "function", "function": tool.model_dump()} for tool in task.tools]
+        started = time.perf_counter()
+        try:
+            completion = await client.chat.completions.create(
+                model=model,
+                messages=openai_messages(task.messages),  # type: ignore[arg-type]
+                tools=tools or None,  # type: ignore[arg-type]
+                seed=index,
+            )
+        except APIStatusError as exc:
+            return Outcome(task, time.perf_counter() - started, status=exc.status_code, error=str(exc))
+        except Exception as exc:
+            return Outcome(task, time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}")
+        return Outcome(task, time.perf_counter() - started, status=200, generation=to_generation(completion))
+
+    async def caller() -> None:
+        for index in queue:
+            outcomes[index] = await one(index)
+
+    await one(len(tasks) - 1)  # warm-up, not counted: the first request pays for lazy initialisation
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    await client.close()
+    return [outcome for outcome in outcomes if outcome is not None], elapsed
+
+
+def engine_answers(backend: str, tasks: list[DemoTask]) -> list[Generation]:
+    """What the backend answers in this process, one task at a time, with the seeds the load uses."""
+    with DiffusionGemma(backend) as engine:
+        return [engine.generate(task.messages, tools=task.tools, seed=index) for index, task in enumerate(tasks)]
+
+
+def same_answer(served: Generation, engine: Generation) -> bool:
+    return (
+        served.text.strip() == engine.text.strip()
+        and [(c.name, c.arguments) for c in served.tool_calls] == [(c.name, c.arguments) for c in engine.tool_calls]
+        and served.usage.completion_tokens == engine.usage.completion_tokens
+    )
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def report(outcomes: list[Outcome], elapsed: float, concurrency: int, engine: list[Generation] | None) -> bool:
+    """Print the table; True when every request was answered, as the engine answers it, and none was misrouted."""
+    answered = [(o, o.generation) for o in outcomes if o.status == 200 and o.generation is not None]
+    positions = {id(o): index for index, o in enumerate(outcomes)}
+    differing = [o for o, g in answered if engine is not None and not same_answer(g, engine[positions[id(o)]])]
+    verdicts = {id(o): check(o.task, generation) for o, generation in answered}
+    wrong = [(o, generation) for o, generation in answered if not verdicts[id(o)]]
+    misrouted = [
+        o for o, generation in wrong if any(_distinctive(x.task) and check(x.task, generation) for x in outcomes)
+    ]
+    failed = [o for o in outcomes if o.status != 200 or o.generation is None]
+    server_errors = [o for o in failed if o.status is not None and o.status >= 500]
+    latencies = [o.latency_s for o in outcomes]
+    tokens = sum(generation.usage.completion_tokens for _, generation in answered)
+    service = [g.usage.wall_s for _, g in answered if g.usage.wall_s is not None]
+
+    rows = [
+        ("requests", f"{len(outcomes)} at concurrency {concurrency}"),
+        ("wall time", f"{elapsed:.1f} s"),
+        ("throughput", f"{len(answered) / elapsed:.2f} requests/s, {tokens / elapsed:.1f} completion tokens/s"),
+        (
+            "latency (client)",
+            f"p50 {percentile(latencies, 0.5):.2f} s, p90 {percentile(latencies, 0.9):.2f} s, "
+            f"p99 {percentile(latencies, 0.99):.2f} s, max {max(latencies):.2f} s",
+        ),
+        (
+            "generation (server)",
+            f"mean {statistics.mean(service):.3f} s, p50 {percentile(service, 0.5):.3f} s, max {max(service):.3f} s"
+            if service
+            else "n/a",
+        ),
+        (
+            "same as engine",
+            f"{len(answered) - len(differing)}/{len(outcomes)}" if engine is not None else "not checked",
+        ),
+        ("correct (check)", f"{sum(verdicts.values())}/{len(outcomes)}"),
+        ("wrong answer", f"{len(wrong)} (misrouted: {len(misrouted)})"),
+        ("failed", f"{len(failed)} (5xx: {len(server_errors)})"),
+    ]
+    for kind in KINDS:
+        of_kind = [o for o in outcomes if _kind(o.task) == kind]
+        rows.append((f"  {kind}", f"{sum(verdicts.get(id(o), False) for o in of_kind)}/{len(of_kind)} correct"))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    for outcome in failed[:5]:
+        print(f"failed: status {outcome.status}: {outcome.error}", file=sys.stderr)
+    for outcome, generation in wrong[:5]:
+        got = generation.text or [(c.name, c.arguments) for c in generation.tool_calls]
+        print(f"wrong: {outcome.task.messages[0].text!r}: got {got!r}", file=sys.stderr)
+    for outcome in differing[:5]:
+        print(f"differs from the engine: {outcome.task.messages[0].text!r}", file=sys.stderr)
+    return not failed and not differing and not misrouted
+
+
+def _distinctive(task: DemoTask) -> bool:
+    """An answer nobody gives by chance: a call with its two operands, or a list of several numbers or words (a bare
+    sum can be a model's wrong sum for another question)."""
+    return task.expected_call is not None or " " in (task.expected_text or "")
+
+
+def _kind(task: DemoTask) -> str:
+    if task.kind != "add":
+        return task.kind
+    return "add: call" if task.expected_call is not None else "add: answer"
+
+
+# ---------------------------------------------------------------- the server (its own process)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> str:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"serve exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            health = httpx.get(f"{url}/health", timeout=1)
+            if health.status_code == 200:
+                return str(health.json()["model"])
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"serve did not start:\n{log.read_text()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=200, help="requests in the run")
+    parser.add_argument("--concurrency", type=int, default=32, help="callers sending at once")
+    parser.add_argument("--backend", default="torch:demo", help="the backend spec `serve` serves")
+    parser.add_argument("--no-reference", action="store_true", help="skip the in-process answers to compare with")
+    args = parser.parse_args()
+
+    tasks = make_tasks(args.requests, random.Random(LOAD_SEED))
+    engine = None
+    if not args.no_reference:
+        started = time.perf_counter()
+        engine = engine_answers(args.backend, tasks)
+        print(f"engine answers in this process: {len(engine)} in {time.perf_counter() - started:.1f} s", flush=True)
+    port = _free_port()
+    command = [sys.executable, "-m", "diffusiongemma_sdk.cli", "serve", "--backend", args.backend, "--port", str(port)]
+    print(f"server: {' '.join(command[1:])}", flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        log = Path(folder) / "serve.log"
+        with log.open("wb") as output:
+            server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            model = _wait_for(f"http://127.0.0.1:{port}", server, log)
+            outcomes, elapsed = asyncio.run(run_load(f"http://127.0.0.1:{port}/v1", model, tasks, args.concurrency))
+        finally:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+    ok = report(outcomes, elapsed, args.concurrency, engine)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
