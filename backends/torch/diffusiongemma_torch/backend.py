@@ -143,6 +143,7 @@ class TorchBackend(Backend):
             max_tokens=max_tokens,
             stop_tokens=set(defaults.eos_token_ids),
             stop_strings=request.stop,
+            pad_token_id=defaults.pad_token_id,
         )
 
 
@@ -162,6 +163,7 @@ class _Run:
     max_tokens: int
     stop_tokens: set[int]
     stop_strings: list[str]
+    pad_token_id: int
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     stepping: threading.Lock = field(default_factory=threading.Lock)
@@ -202,7 +204,7 @@ class _Run:
                 self.complete = True
                 break
             self.tokens.append(token)
-        text = self.chat.decode(self.tokens)
+        text = self.chat.decode([token for token in self.tokens if token != self.pad_token_id])  # counted, not shown
         cut = min((i for i in (text.find(s) for s in self.stop_strings if s) if i >= 0), default=-1)
         if cut >= 0:
             text, self.finish_reason, self.complete = text[:cut], "stop", True
