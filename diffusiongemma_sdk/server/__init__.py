@@ -7,7 +7,7 @@ are missing. The rest of the SDK never imports this package.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from diffusiongemma_sdk.errors import ConfigurationError
 from diffusiongemma_sdk.server.defaults import (
@@ -21,9 +21,7 @@ from diffusiongemma_sdk.server.defaults import (
 from diffusiongemma_sdk.server.run import INSTALL_HINT, run_server
 
 if TYPE_CHECKING:
-    from starlette.applications import Starlette
-
-    from diffusiongemma_sdk.client import AsyncDiffusionGemma
+    from diffusiongemma_sdk.server.app import create_app
 
 __all__ = [
     "DEFAULT_GRACEFUL_SHUTDOWN_S",
@@ -37,34 +35,12 @@ __all__ = [
 ]
 
 
-def create_app(
-    client: AsyncDiffusionGemma,
-    *,
-    api_key: str | None = None,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    model_id: str | None = None,
-    owns_client: bool = False,
-    max_tokens_limit: int | None = DEFAULT_MAX_TOKENS_LIMIT,
-    max_denoising_steps_limit: int | None = DEFAULT_MAX_DENOISING_STEPS_LIMIT,
-) -> Starlette:
-    """An OpenAI-compatible Starlette app serving `client`'s backend as one model.
-
-    `model_id` is the id clients send as `model` (default: the backend's spec string, e.g. `torch:demo`). With
-    `api_key`, every route but `/health` and `/openapi.json` needs `Authorization: Bearer <api_key>`. Bodies over
-    `max_body_bytes` get a 413; a request asking for more than `max_tokens_limit` tokens or
-    `max_denoising_steps_limit` steps per canvas gets a 400 (None: no limit). With `owns_client`, the client is
-    closed when the app shuts down.
-    """
+def __getattr__(name: str) -> Any:
+    """`create_app` (see `server.app`), imported on first use because it needs the `server` extra."""
+    if name != "create_app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     try:
-        from diffusiongemma_sdk.server.app import create_app as create
+        from diffusiongemma_sdk.server.app import create_app
     except ImportError as exc:
         raise ConfigurationError(f"{INSTALL_HINT} ({exc}).") from None
-    return create(
-        client,
-        api_key=api_key,
-        max_body_bytes=max_body_bytes,
-        model_id=model_id,
-        owns_client=owns_client,
-        max_tokens_limit=max_tokens_limit,
-        max_denoising_steps_limit=max_denoising_steps_limit,
-    )
+    return create_app
