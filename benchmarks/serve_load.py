@@ -25,22 +25,20 @@ import argparse
 import asyncio
 import json
 import random
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from openai import APIStatusError, AsyncOpenAI
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support, run as a script
 
 from diffusiongemma_sdk import DiffusionGemma, Generation, Message, ToolCall, Usage
 from diffusiongemma_torch.demo.tasks import DemoTask, add_task, check, reverse_task, sort_task
+from tests.support.serving import serve_command
 
 LOAD_SEED = 424242  # the prompts: the same on every run
 KINDS = ("sort", "reverse", "add: call", "add: answer")
@@ -226,30 +224,6 @@ def _kind(task: DemoTask) -> str:
     return "add: call" if task.expected_call is not None else "add: answer"
 
 
-# ---------------------------------------------------------------- the server (its own process)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> str:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"serve exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            health = httpx.get(f"{url}/health", timeout=1)
-            if health.status_code == 200:
-                return str(health.json()["model"])
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"serve did not start:\n{log.read_text()}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=200, help="requests in the run")
@@ -264,23 +238,9 @@ def main() -> None:
         started = time.perf_counter()
         engine = engine_answers(args.backend, tasks)
         print(f"engine answers in this process: {len(engine)} in {time.perf_counter() - started:.1f} s", flush=True)
-    port = _free_port()
-    command = [sys.executable, "-m", "diffusiongemma_sdk.cli", "serve", "--backend", args.backend, "--port", str(port)]
-    print(f"server: {' '.join(command[1:])}", flush=True)
-    with tempfile.TemporaryDirectory() as folder:
-        log = Path(folder) / "serve.log"
-        with log.open("wb") as output:
-            server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-        try:
-            model = _wait_for(f"http://127.0.0.1:{port}", server, log)
-            outcomes, elapsed = asyncio.run(run_load(f"http://127.0.0.1:{port}/v1", model, tasks, args.concurrency))
-        finally:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+    print(f"server: diffusiongemma serve --backend {args.backend} (its own process)", flush=True)
+    with serve_command(args.backend, startup_timeout=120) as server:
+        outcomes, elapsed = asyncio.run(run_load(server.base, server.model, tasks, args.concurrency))
     ok = report(outcomes, elapsed, args.concurrency, engine)
     sys.exit(0 if ok else 1)
 

@@ -37,24 +37,12 @@ from diffusiongemma_sdk import (
 from diffusiongemma_sdk.remote import RemoteBackend
 from diffusiongemma_sdk.server import DEFAULT_HOST, DEFAULT_MAX_TOKENS_LIMIT, run_server
 from tests.support.openai_server import Reply, ScriptedServer, chunk, completion
-from tests.support.serving import Running, serving
+from tests.support.serving import ADD_TOOL, Running, serving
 
 pytestmark = pytest.mark.anyio
 
 API_KEY = "sk-test-5d1c0ffee"
 STEPS_LIMIT = 1_000_000  # torch_server's max_denoising_steps_limit: room for a canvas that never converges
-ADD_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "add",
-        "description": "Add two integers.",
-        "parameters": {
-            "type": "object",
-            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-            "required": ["a", "b"],
-        },
-    },
-}
 
 
 # --- servers on loopback -------------------------------------------------------------------------------------------

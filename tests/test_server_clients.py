@@ -28,24 +28,12 @@ from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
 from diffusiongemma_sdk import AsyncDiffusionGemma, DiffusionGemma, Generation, Message, Tool
 from diffusiongemma_torch.demo.tasks import add
-from tests.support.serving import ServeCommand, serve_command
+from tests.support.serving import ADD_TOOL, ServeCommand, serve_command
 
 pytestmark = pytest.mark.anyio
 
 SORT = "Sort these numbers: 17 4 9"
 ADD = "What is 12 + 30?"
-ADD_TOOL: Any = {
-    "type": "function",
-    "function": {
-        "name": "add",
-        "description": "Add two integers.",
-        "parameters": {
-            "type": "object",
-            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-            "required": ["a", "b"],
-        },
-    },
-}
 SEED = 0
 
 

@@ -24,7 +24,20 @@ from diffusiongemma_sdk import AsyncDiffusionGemma
 from diffusiongemma_sdk.server import create_app
 from diffusiongemma_sdk.server.run import server_config
 
-__all__ = ["Running", "ServeCommand", "free_port", "serve_command", "serving"]
+__all__ = ["ADD_TOOL", "Running", "ServeCommand", "free_port", "serve_command", "serving"]
+
+ADD_TOOL: Any = {  # the demo task's `add`, as an OpenAI client declares it
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two integers.",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    },
+}
 
 
 @dataclass
