@@ -8,7 +8,8 @@ Two implementations of one distribution:
   skips most of the vocab-sized sampling work; the accepted tokens have the same distribution.
 
 `torch.multinomial(p, 1)` is `argmax(p / Exponential(1) noise)`; the reference sampler draws that noise itself, in the
-same order, so that on a CPU the next step's noise can be drawn in a background thread while the network runs.
+same order, so that on a CPU the next step's noise can be drawn in a background thread while the network runs, from
+numpy's copy of the generator's stream (`mt19937`), and only the accepted rows are turned into numbers.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+from diffusiongemma_torch import mt19937
 
 __all__ = ["NoiseSource", "StepNoise", "StepOutcome", "sample_step"]
 
@@ -25,8 +29,14 @@ __all__ = ["NoiseSource", "StepNoise", "StepOutcome", "sample_step"]
 class StepNoise:
     """The random numbers one step of the reference sampler consumes, in the reference's order."""
 
-    exponential: torch.Tensor  # [B * L, V]: multinomial's noise
+    draws: torch.Tensor | np.ndarray  # multinomial's noise: [B * L, V] numbers, or their [B * L, V, 2] raw draws
     renoise: torch.Tensor  # [B, L]: fresh tokens for the positions not accepted
+
+    def exponential(self, rows: torch.Tensor) -> torch.Tensor:
+        """The noise of some rows (flat canvas positions), [len(rows), V]."""
+        if isinstance(self.draws, torch.Tensor):
+            return self.draws[rows]
+        return mt19937.exponential(self.draws[rows.cpu().numpy()]).to(rows.device)
 
 
 class NoiseSource:
@@ -41,6 +51,7 @@ class NoiseSource:
         self._shape = (batch, length, vocab)
         self._device = generator.device
         self._executor = ThreadPoolExecutor(max_workers=1) if self._device.type == "cpu" else None
+        self._numpy_stream = self._device.type == "cpu" and mt19937.matches_torch()
         self._pending: Future[StepNoise] | None = None
 
     def prefetch(self) -> None:
@@ -59,9 +70,13 @@ class NoiseSource:
 
     def _draw(self) -> StepNoise:
         batch, length, vocab = self._shape
-        exponential = torch.empty(batch * length, vocab, device=self._device).exponential_(1, generator=self._generator)
+        draws: torch.Tensor | np.ndarray
+        if self._numpy_stream:
+            draws = mt19937.draw(self._generator, batch * length * vocab).reshape(batch * length, vocab, 2)
+        else:
+            draws = torch.empty(batch * length, vocab, device=self._device).exponential_(1, generator=self._generator)
         renoise = torch.randint(0, vocab, (batch, length), generator=self._generator, device=self._device)
-        return StepNoise(exponential=exponential, renoise=renoise)
+        return StepNoise(draws=draws, renoise=renoise)
 
 
 @dataclass
@@ -85,21 +100,21 @@ def sample_step(
 ) -> StepOutcome:
     """Accept the lowest-entropy positions within `entropy_bound`, sample them, renoise the others.
 
-    With `noise` (the reference sampler) every position is sampled with it; without, only accepted positions are
-    sampled, from `generator`.
+    With `noise` (the reference sampler) accepted positions take `argmax(p / noise)`, which is the token `multinomial`
+    draws with that noise; without, accepted positions are sampled from `generator`.
     """
     batch, length, vocab = scaled_logits.shape
     probabilities = torch.softmax(scaled_logits, dim=-1, dtype=torch.float32)
     if noise is not None:
-        ratio = torch.div(probabilities.view(-1, vocab), noise.exponential, out=noise.exponential)
-        sampled = torch.argmax(ratio, dim=-1).view(batch, length)
         entropy = _categorical_entropy(scaled_logits)
     else:
         entropy = torch.logsumexp(scaled_logits, dim=-1) - (probabilities * scaled_logits).sum(dim=-1)
     argmax = torch.argmax(scaled_logits, dim=-1)
     accepted = _entropy_bound_mask(entropy, entropy_bound)
     if noise is not None:
-        next_canvas = torch.where(accepted, sampled, noise.renoise)
+        rows = accepted.view(-1).nonzero().squeeze(-1)
+        next_canvas = noise.renoise.clone()
+        next_canvas.view(-1)[rows] = torch.argmax(probabilities.view(-1, vocab)[rows] / noise.exponential(rows), dim=-1)
     else:
         positions = accepted.nonzero(as_tuple=True)
         draws = torch.multinomial(probabilities[positions], num_samples=1, generator=generator).squeeze(-1)
