@@ -26,7 +26,10 @@ from diffusiongemma_sdk import (
 )
 from diffusiongemma_sdk.gemma4 import parse_gemma4
 from diffusiongemma_torch import checkpoint as checkpoint_module
-from diffusiongemma_torch.backend import TorchBackend
+from diffusiongemma_torch.backend import TorchBackend, _Run
+from diffusiongemma_torch.chat import ChatFormat
+from diffusiongemma_torch.demo import DEMO_DIR
+from diffusiongemma_torch.engine import CanvasCommitted
 from tests.support.tiny_checkpoint import TinySpec, build_tiny_checkpoint, stop_token_ids
 
 pytestmark = pytest.mark.anyio
@@ -253,3 +256,28 @@ def test_hub_id_from_the_local_cache(tiny: Path, tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     client = AsyncDiffusionGemma("torch:acme/tiny-diffusiongemma")
     assert client.backend.name == "torch:acme/tiny-diffusiongemma"
+
+
+def test_pad_tokens_before_the_stop_are_counted_but_not_shown() -> None:
+    """A small model can put `<pad>` before its stop token: the tokens count in usage, the text does not show them."""
+    chat = ChatFormat(DEMO_DIR)
+    pad, stop = chat.token_id("<pad>"), chat.token_id("<turn|>")
+    assert pad is not None
+    assert stop is not None
+    answer = [*chat.encode("4 9"), pad, pad, *chat.encode(" 17"), stop]
+    run = _Run(
+        backend="torch:demo", chat=chat, reports=iter(()), prompt_tokens=5, max_tokens=64, stop_tokens={stop},
+        stop_strings=[], pad_token_id=pad,
+    )  # fmt: skip
+    canvas = torch.tensor([answer + [pad] * (32 - len(answer))])
+    run.handle(
+        CanvasCommitted(
+            canvas_index=0, tokens=canvas, steps=3, finished=torch.tensor([True]), decoder_passes=torch.tensor([3])
+        ),
+        drafts=False,
+        every=1,
+    )
+    generation = run.generation()
+    assert generation.text == "4 9 17"
+    assert generation.finish_reason == "stop"
+    assert generation.usage.completion_tokens == len(answer) - 1  # pads counted, the stop token not

@@ -49,14 +49,15 @@ GENERATION_CONFIG = {
 }
 
 
-def model_config(hidden: int, layers: int) -> DiffusionGemmaConfig:
+def model_config(hidden: int, layers: int, heads: int = 8, head_dim: int = 20) -> DiffusionGemmaConfig:
     """Sliding and full-attention layers alternating, MoE with 4 experts (top 2), a 32-token canvas."""
     kinds = ["sliding_attention", "full_attention"] * (layers // 2)
     text = DiffusionGemmaTextConfig(
         vocab_size=VOCAB_SIZE, hidden_size=hidden, intermediate_size=2 * hidden, moe_intermediate_size=hidden,
-        num_experts=4, top_k_experts=2, num_hidden_layers=layers, layer_types=kinds, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=hidden // 4, global_head_dim=hidden // 2, num_global_key_value_heads=1,
-        sliding_window=64, max_position_embeddings=4096, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+        num_experts=4, top_k_experts=2, num_hidden_layers=layers, layer_types=kinds, num_attention_heads=heads,
+        num_key_value_heads=heads // 2, head_dim=head_dim, global_head_dim=2 * head_dim,
+        num_global_key_value_heads=1, sliding_window=64, max_position_embeddings=4096, pad_token_id=0, eos_token_id=1,
+        bos_token_id=2,
         rope_parameters={kind: {"rope_type": "default", "rope_theta": 10_000.0} for kind in set(kinds)},
     )  # fmt: skip
     vision = Gemma4VisionConfig(
@@ -145,9 +146,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEMO_DIR)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=24)
-    parser.add_argument("--lr", type=float, default=6e-3)
+    parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--hidden", type=int, default=160)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--head-dim", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -155,7 +158,7 @@ def main() -> None:
     torch.use_deterministic_algorithms(True)
     args.out.mkdir(parents=True, exist_ok=True)
     chat = write_tokenizer(args.out, args.seed)
-    model = DiffusionGemmaForBlockDiffusion(model_config(args.hidden, args.layers)).train()
+    model = DiffusionGemmaForBlockDiffusion(model_config(args.hidden, args.layers, args.heads, args.head_dim)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     warmup = max(1, args.steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
