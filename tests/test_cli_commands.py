@@ -455,12 +455,15 @@ def free_port() -> int:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_serve_answers_with_the_key_from_the_environment(server: ScriptedServer) -> None:
+def test_serve_answers_with_the_key_from_the_environment_and_its_limits(server: ScriptedServer) -> None:
     pytest.importorskip("uvicorn")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with subprocess.Popen(
-        [sys.executable, "-m", "diffusiongemma_sdk.cli", "serve", "--backend", spec(server), "--port", str(port)],
+        [
+            *[sys.executable, "-m", "diffusiongemma_sdk.cli", "serve", "--backend", spec(server), "--port", str(port)],
+            *["--model-id", "shared-box", "--max-tokens-limit", "64", "--shutdown-timeout", "2"],
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -473,8 +476,14 @@ def test_serve_answers_with_the_key_from_the_environment(server: ScriptedServer)
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert httpx.get(f"{base}/v1/models").status_code == 401
-        listed = httpx.get(f"{base}/v1/models", headers={"Authorization": "Bearer s3cret"})
-        assert [model["id"] for model in listed.json()["data"]] == [spec(server)]
+        auth = {"Authorization": "Bearer s3cret"}
+        listed = httpx.get(f"{base}/v1/models", headers=auth)
+        assert [model["id"] for model in listed.json()["data"]] == ["shared-box"]
+        body = {"model": "shared-box", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 65}
+        too_long = httpx.post(f"{base}/v1/chat/completions", json=body, headers=auth)
+        assert too_long.status_code == 400
+        assert "64" in too_long.json()["error"]["message"]
+        assert server.chat_requests() == []  # refused before it reached the backend
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 130
         assert process.stderr is not None
@@ -493,17 +502,40 @@ def test_serve_passes_its_options_on(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[Any, ...]] = []
     monkeypatch.setattr(
         "diffusiongemma_sdk.server.run_server",
-        lambda backend, *, host, port, api_key: calls.append((backend, host, port, api_key)),
+        lambda backend, *, host, port, api_key, **limits: calls.append((backend, host, port, api_key, limits)),
     )
+    defaults = {
+        "model_id": None,
+        "max_tokens_limit": 32_768,
+        "max_denoising_steps_limit": 1_024,
+        "max_body_bytes": 16 * 1024 * 1024,
+        "timeout_graceful_shutdown": 10,
+    }
     assert invoke("serve", "--backend", "torch:demo").exit_code == 0
     assert invoke("serve", "--host", "0.0.0.0", "--port", "9000", "--api-key", "k").exit_code == 0
     assert invoke("serve", env={"DIFFUSIONGEMMA_SERVER_API_KEY": "from-env"}).exit_code == 0
+    limits = ["--max-steps-limit", "48", "--max-body-bytes", "1000", "--model-id", "m", "--shutdown-timeout", "0"]
+    assert invoke("serve", *limits).exit_code == 0
     assert calls == [
-        ("torch:demo", "127.0.0.1", 8000, None),
-        (None, "0.0.0.0", 9000, "k"),
-        (None, "127.0.0.1", 8000, "from-env"),
+        ("torch:demo", "127.0.0.1", 8000, None, defaults),
+        (None, "0.0.0.0", 9000, "k", defaults),
+        (None, "127.0.0.1", 8000, "from-env", defaults),
+        (
+            None,
+            "127.0.0.1",
+            8000,
+            None,
+            {
+                **defaults,
+                "model_id": "m",
+                "max_denoising_steps_limit": 48,
+                "max_body_bytes": 1000,
+                "timeout_graceful_shutdown": 0,
+            },
+        ),
     ]
     assert invoke("serve", "--port", "0").exit_code == 2
+    assert invoke("serve", "--max-tokens-limit", "0").exit_code == 2
 
 
 def test_serve_without_the_server_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,14 @@ import typer
 
 from diffusiongemma_sdk.cli.failures import CommandError, reporting_failures
 from diffusiongemma_sdk.cli.options import BackendOption, DebugOption
-from diffusiongemma_sdk.server.defaults import DEFAULT_HOST, DEFAULT_PORT
+from diffusiongemma_sdk.server.defaults import (
+    DEFAULT_GRACEFUL_SHUTDOWN_S,
+    DEFAULT_HOST,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_DENOISING_STEPS_LIMIT,
+    DEFAULT_MAX_TOKENS_LIMIT,
+    DEFAULT_PORT,
+)
 
 __all__ = ["serve"]
 
@@ -33,6 +40,26 @@ def serve(
             "Prefer the variable: other users of the machine can see a command line.",
         ),
     ] = None,
+    model_id: Annotated[
+        str | None,
+        typer.Option(metavar="NAME", show_default=False, help="The model id clients send. Default: the backend spec."),
+    ] = None,
+    max_tokens_limit: Annotated[
+        int, typer.Option(metavar="N", min=1, help="Answer 400 to a request asking for more than N tokens.")
+    ] = DEFAULT_MAX_TOKENS_LIMIT,
+    max_steps_limit: Annotated[
+        int,
+        typer.Option(
+            metavar="N", min=1, help="Answer 400 to a request asking for more than N denoising steps per canvas."
+        ),
+    ] = DEFAULT_MAX_DENOISING_STEPS_LIMIT,
+    max_body_bytes: Annotated[
+        int, typer.Option(metavar="N", min=1, help="Answer 413 to a request body over N bytes.")
+    ] = DEFAULT_MAX_BODY_BYTES,
+    shutdown_timeout: Annotated[
+        int,
+        typer.Option(metavar="S", min=0, help="On Ctrl-C, give requests in flight S seconds, then cancel them."),
+    ] = DEFAULT_GRACEFUL_SHUTDOWN_S,
     debug: DebugOption = False,
 ) -> None:
     """Serve the backend as an OpenAI-compatible API at http://HOST:PORT/v1.
@@ -51,4 +78,14 @@ def serve(
             )
         from diffusiongemma_sdk.server import run_server
 
-        run_server(backend, host=host, port=port, api_key=api_key or None)
+        run_server(
+            backend,
+            host=host,
+            port=port,
+            api_key=api_key or None,
+            model_id=model_id,
+            max_tokens_limit=max_tokens_limit,
+            max_denoising_steps_limit=max_steps_limit,
+            max_body_bytes=max_body_bytes,
+            timeout_graceful_shutdown=shutdown_timeout,
+        )
