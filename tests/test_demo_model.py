@@ -30,8 +30,8 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-# The shipped model has learnt the answer formats, the tool-call protocol, thinking and stopping, but not yet the
-# content (docs/demo-model.md, "Status"): these checks hold for it; exact answers are measured by evals/demo_tasks.py.
+# The shipped model reverses and adds right (about 90% and 95% on held-out prompts) but does not sort yet
+# (docs/demo-model.md, "Status"): sort answers are checked for their form here; evals/demo_tasks.py measures them all.
 NUMBERS = re.compile(r"^\d+( \d+)*$")
 
 
@@ -46,7 +46,7 @@ async def test_sort_request_gets_a_list_of_numbers_and_stops_early(demo: AsyncDi
 
 
 async def test_long_list_spans_several_canvases(demo: AsyncDiffusionGemma) -> None:
-    task = sort_task(random.Random(3), length=40)
+    task = sort_task(random.Random(4), length=40)
     generation = await demo.generate(task.messages, seed=1)
     assert NUMBERS.match(generation.text)
     assert generation.usage.canvases == 2
@@ -54,8 +54,8 @@ async def test_long_list_spans_several_canvases(demo: AsyncDiffusionGemma) -> No
 
 async def test_reverse_request_gets_words_of_the_list(demo: AsyncDiffusionGemma) -> None:
     generation = await demo.generate("Reverse these words: red green blue", seed=0)
-    assert generation.text
-    assert set(generation.text.split()) <= set(WORDS)
+    assert generation.text == "blue green red"
+    assert generation.finish_reason == "stop"
 
 
 async def test_tool_call_round_trip(demo: AsyncDiffusionGemma) -> None:
@@ -64,11 +64,10 @@ async def test_tool_call_round_trip(demo: AsyncDiffusionGemma) -> None:
     assert first.finish_reason == "tool_calls"
     [call] = first.tool_calls
     assert call.name == "add"
-    assert set(call.arguments) == {"a", "b"}
-    assert all(isinstance(value, int) for value in call.arguments.values())
+    assert call.arguments == {"a": 12, "b": 30}
     result = Message(role="tool", content=str(add(**call.arguments)), tool_call_id=call.id)
     final = await demo.generate([question, first.to_message(), result], tools=[add], seed=0)
-    assert NUMBERS.match(final.text)
+    assert final.text == "42"
     assert not final.tool_calls
 
 

@@ -19,7 +19,7 @@ THOUGHTS = {
     "call": "I will call the add tool.",
     "answer": "The tool gave the sum.",
 }
-MIXTURE: dict[TaskKind, float] = {"sort": 0.45, "reverse": 0.25, "add": 0.30}
+MIXTURE: dict[TaskKind, float] = {"sort": 0.30, "reverse": 0.30, "add": 0.40}
 _DESCRIPTIONS = ["Add two integers.", "Add two numbers.", "Return the sum of a and b.", "Adds a and b together.", ""]
 _FILLER = [
     "the",

@@ -2,7 +2,8 @@
 
     python -m training.train_demo_model            # writes backends/torch/diffusiongemma_torch/demo/
 
-Seeded and deterministic on CPU; about 25 minutes on 2 cores. The model is built from transformers' own
+Seeded and deterministic on CPU for a given thread count: the shipped weights come from `OMP_NUM_THREADS=1`
+(about 47 minutes on an idle machine; with both cores, about 32 minutes and weights that differ in the last bits). The model is built from transformers' own
 DiffusionGemma config and model classes and saved with `save_pretrained`, so it has the real checkpoint's layout.
 Objective (shared/reference/diffusiongemma-model.md, appendix): one noise level t ~ U(0.001, 0.999) per example, each
 canvas position replaced by a uniformly random token with probability t, self-conditioning on half of the examples
@@ -144,9 +145,9 @@ def training_loss(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=DEMO_DIR)
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch", type=int, default=24)
-    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--batch", type=int, default=12)
+    parser.add_argument("--lr", type=float, default=8e-3)
     parser.add_argument("--hidden", type=int, default=160)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=8)
