@@ -2,9 +2,9 @@
 
     python -m training.train_demo_model            # writes backends/torch/diffusiongemma_torch/demo/
 
-Seeded and deterministic on CPU for a given thread count: the shipped weights come from `OMP_NUM_THREADS=1`
-(about 47 minutes on an idle machine; with both cores, about 32 minutes and weights that differ in the last bits). The model is built from transformers' own
-DiffusionGemma config and model classes and saved with `save_pretrained`, so it has the real checkpoint's layout.
+Seeded and deterministic on CPU for a given thread count (the last bits of a step differ between 1 and 2 threads).
+The model is built from transformers' own DiffusionGemma config and model classes and saved with `save_pretrained`,
+so it has the real checkpoint's layout.
 Objective (shared/reference/diffusiongemma-model.md, appendix): one noise level t ~ U(0.001, 0.999) per example, each
 canvas position replaced by a uniformly random token with probability t, self-conditioning on half of the examples
 from a no-gradient first pass, cross-entropy against the clean canvas over every position (padding included).
