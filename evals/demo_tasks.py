@@ -105,7 +105,9 @@ async def main() -> None:
     print("| " + " | ".join([*columns, "tokens/forward"]) + " |")
     print("|---|---|---|---|---|---|---|---|")
     async with AsyncDiffusionGemma(backend=args.backend) as client:
-        for label, steps, thinking, prompts in [setting for setting in settings if setting[3] > 0]:
+        for label, steps, thinking, prompts in settings:
+            if not prompts:
+                continue
             for task_name in TASKS:
                 diffusion = DiffusionParams.model_validate({**overrides, "max_denoising_steps": steps})
                 tally = await evaluate(client, task_name, prompts, thinking, diffusion)

@@ -26,6 +26,12 @@ from diffusiongemma_sdk.cli.bench import FALLBACK_PROMPTS, BenchReport
 from diffusiongemma_sdk.cli.doctor import Check, Diagnosis
 from diffusiongemma_sdk.cli.models import Listing
 from diffusiongemma_sdk.remote import NIM_MODEL, OPENAI_COMPATIBLE_CAPABILITIES
+from diffusiongemma_sdk.server.defaults import (
+    DEFAULT_GRACEFUL_SHUTDOWN_S,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_DENOISING_STEPS_LIMIT,
+    DEFAULT_MAX_TOKENS_LIMIT,
+)
 from tests.support.cli import STATS, TERMINAL, failure_lines
 from tests.support.openai_server import Reply, ScriptedServer, chunk
 
@@ -506,10 +512,10 @@ def test_serve_passes_its_options_on(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     defaults = {
         "model_id": None,
-        "max_tokens_limit": 32_768,
-        "max_denoising_steps_limit": 1_024,
-        "max_body_bytes": 16 * 1024 * 1024,
-        "timeout_graceful_shutdown": 10,
+        "max_tokens_limit": DEFAULT_MAX_TOKENS_LIMIT,
+        "max_denoising_steps_limit": DEFAULT_MAX_DENOISING_STEPS_LIMIT,
+        "max_body_bytes": DEFAULT_MAX_BODY_BYTES,
+        "timeout_graceful_shutdown": DEFAULT_GRACEFUL_SHUTDOWN_S,
     }
     assert invoke("serve", "--backend", "torch:demo").exit_code == 0
     assert invoke("serve", "--host", "0.0.0.0", "--port", "9000", "--api-key", "k").exit_code == 0
