@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -66,6 +67,23 @@ async def test_generate_trims_to_max_tokens_and_ignores_checkpoint_max_new_token
         assert usage.ttft_s is not None
         assert generation.backend == f"torch:{tiny}"
     assert {g.finish_reason for g in results} == {"stop", "length"}
+
+
+async def test_requests_must_fit_the_context_window(tmp_path: Path) -> None:
+    small = build_tiny_checkpoint(tmp_path, TinySpec(vocab=256, canvas=16, context=64))
+    async with AsyncDiffusionGemma(f"torch:{small}") as client:
+        with pytest.raises(InvalidRequestError, match=r"exceeds the model.s context of 64 tokens\. Shorten"):
+            await client.generate("Sort these numbers: " + " ".join(["1"] * 60))
+        with pytest.raises(InvalidRequestError, match=r"max_tokens=64 does not fit") as refused:
+            await client.generate("Sort these numbers: 3 1 2", max_tokens=64)
+        stated = re.search(r"at most (\d+)", str(refused.value))
+        assert stated is not None
+        room = int(stated.group(1))
+        fitting = await client.generate("Sort these numbers: 3 1 2", max_tokens=room, seed=0)
+        default = await client.generate("Sort these numbers: 3 1 2", seed=0)  # the default shrinks to the room
+    for generation in (fitting, default):
+        assert generation.usage.prompt_tokens + 16 * (generation.usage.canvases or 0) <= 64
+        assert generation.usage.completion_tokens <= room
 
 
 async def test_seed_makes_runs_reproducible(tiny: Path) -> None:

@@ -70,6 +70,7 @@ class TinySpec:
     head_dim: int = 16
     global_head_dim: int = 32
     global_kv_heads: int = 1
+    context: int = 8192
 
 
 def build_tiny_checkpoint(directory: Path, spec: TinySpec = TinySpec(), seed: int = 0) -> Path:
@@ -88,7 +89,7 @@ def build_tiny_checkpoint(directory: Path, spec: TinySpec = TinySpec(), seed: in
         num_hidden_layers=len(spec.layers), layer_types=list(spec.layers), num_attention_heads=spec.heads,
         num_key_value_heads=spec.kv_heads, head_dim=spec.head_dim, global_head_dim=spec.global_head_dim,
         num_global_key_value_heads=spec.global_kv_heads, sliding_window=spec.sliding_window,
-        max_position_embeddings=8192, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+        max_position_embeddings=spec.context, pad_token_id=0, eos_token_id=1, bos_token_id=2,
     )  # fmt: skip
     vision = Gemma4VisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,

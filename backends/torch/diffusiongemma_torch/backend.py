@@ -32,7 +32,7 @@ from diffusiongemma_sdk import (
 from diffusiongemma_sdk.gemma4 import Gemma4StreamParser, parse_gemma4
 from diffusiongemma_torch.chat import ChatFormat
 from diffusiongemma_torch.checkpoint import Checkpoint
-from diffusiongemma_torch.config import canvases_for
+from diffusiongemma_torch.config import canvases_for, token_budget
 from diffusiongemma_torch.engine import CanvasCommitted, DenoiseStep, generate_canvases
 
 __all__ = ["DEFAULT_MAX_TOKENS", "TorchBackend", "TorchOptions"]
@@ -121,7 +121,9 @@ class TorchBackend(Backend):
         prompt_ids = self.chat.encode(
             self.chat.render(request.messages, tools=request.tools, thinking=request.thinking)
         )
-        max_tokens = request.max_tokens or self.options.default_max_tokens
+        max_tokens = token_budget(
+            len(prompt_ids), request.max_tokens, self.options.default_max_tokens, self.checkpoint.config
+        )
         device = net.embed_tokens.weight.device
         generator = torch.Generator(device=device)
         # torch takes seeds in [-2**63, 2**64); any other integer wraps as torch wraps negative ones

@@ -42,6 +42,7 @@ class TextConfig:
     rms_norm_eps: float
     final_logit_softcapping: float | None
     canvas_length: int
+    max_position_embeddings: int
     pad_token_id: int
     eos_token_ids: tuple[int, ...]
     bos_token_id: int
@@ -82,6 +83,7 @@ class TextConfig:
             rms_norm_eps=float(text.get("rms_norm_eps", 1e-6)),
             final_logit_softcapping=text.get("final_logit_softcapping", 30.0),
             canvas_length=int(raw.get("canvas_length", 256)),
+            max_position_embeddings=int(text.get("max_position_embeddings", 131_072)),
             pad_token_id=int(text.get("pad_token_id", 0)),
             eos_token_ids=tuple(eos if isinstance(eos, list) else [eos]),
             bos_token_id=int(text.get("bos_token_id", 2)),
@@ -202,3 +204,27 @@ class SamplerSettings:
 def canvases_for(max_tokens: int, canvas_length: int) -> int:
     """Whole canvases needed for `max_tokens` new tokens."""
     return math.ceil(max_tokens / canvas_length)
+
+
+def token_budget(prompt_tokens: int, requested: int | None, default: int, config: TextConfig) -> int:
+    """The new tokens a request may have: its `max_tokens` (else `default`) within the model's context window.
+
+    Whole canvases must fit after the prompt. A `max_tokens` the request set and that does not fit is an error; the
+    default shrinks to what fits.
+    """
+    canvas, context = config.canvas_length, config.max_position_embeddings
+    room = (context - prompt_tokens) // canvas * canvas
+    if room <= 0:
+        raise InvalidRequestError(
+            f"The prompt is {prompt_tokens} tokens: with one {canvas}-token canvas it exceeds the model's context of "
+            f"{context} tokens. Shorten the conversation."
+        )
+    if requested is None:
+        return min(default, room)
+    if canvases_for(requested, canvas) * canvas > room:
+        raise InvalidRequestError(
+            f"max_tokens={requested} does not fit: the prompt takes {prompt_tokens} of the model's {context} context "
+            f"tokens, which leaves room for {room} new tokens in whole {canvas}-token canvases. Lower max_tokens to "
+            f"at most {room}."
+        )
+    return requested
