@@ -6,12 +6,13 @@ is the next `canvas_length` answer tokens (the answer ends with its stop token a
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, replace
 
 from diffusiongemma_sdk import Message, Tool
 from diffusiongemma_torch.chat import ChatFormat
-from diffusiongemma_torch.demo.tasks import ADD_TOOL, DemoTask, TaskKind, sample_task
+from diffusiongemma_torch.demo.tasks import ADD_TOOL, WORDS, DemoTask, TaskKind, sample_task
 
 THOUGHTS = {
     "sort": "I will sort the numbers.",
@@ -20,6 +21,9 @@ THOUGHTS = {
     "answer": "The tool gave the sum.",
 }
 MIXTURE: dict[TaskKind, float] = {"sort": 0.30, "reverse": 0.30, "add": 0.40}
+COPY_FORMS = [("spaced", "spaced"), ("spaced", "bare"), ("bare", "bare"), ("spaced word", "spaced word"),
+              ("spaced word", "bare word")]  # fmt: skip
+"""Copy exercises: (the form of the prompt's items, the form the canvas writes them in)."""
 _DESCRIPTIONS = ["Add two integers.", "Add two numbers.", "Return the sum of a and b.", "Adds a and b together.", ""]
 _FILLER = [
     "the",
@@ -111,3 +115,32 @@ def canvas_example(
     start = index * canvas_length
     target = example.answer[start : start + canvas_length]
     return example.prompt + example.answer[:start], target + [pad_id] * (canvas_length - len(target))
+
+
+def copy_example(rng: random.Random, chat: ChatFormat, canvas_length: int) -> Example:
+    """A dense copy exercise (no chat turn): the canvas is the last `canvas_length` of the prompt's items.
+
+    Every slot reads at the same distance, and the items are numbers 0 to 198 or the reverse task's words, written
+    with or without their leading space. The exercise teaches the value paths that copy a token, or turn ` 17` into
+    `17`, with a signal on every slot; the demo tasks copy one or two such tokens an example and learn it slowly.
+    """
+    source, target = (_forms(chat)[form] for form in rng.choice(COPY_FORMS))
+    picks = [rng.randrange(len(source)) for _ in range(rng.randint(canvas_length, canvas_length + 18))]
+    prompt = chat.encode("<bos>") + [source[i] for i in picks] + chat.encode("<turn|>\n<|turn>model\n")
+    return Example(prompt=prompt, answer=[target[i] for i in picks[-canvas_length:]])
+
+
+@functools.cache
+def _forms(chat: ChatFormat) -> dict[str, list[int]]:
+    numbers, words = [str(n) for n in range(199)], list(WORDS)
+    return {
+        "spaced": [_single_token(chat, f" {n}") for n in numbers],
+        "bare": [_single_token(chat, n) for n in numbers],
+        "spaced word": [_single_token(chat, f" {w}") for w in words],
+        "bare word": [_single_token(chat, w) for w in words],
+    }
+
+
+def _single_token(chat: ChatFormat, text: str) -> int:
+    (token,) = chat.encode(text)  # the demo tokenizer makes every number and word one token, spaced or not
+    return token

@@ -8,6 +8,7 @@ so it has the real checkpoint's layout.
 Objective (shared/reference/diffusiongemma-model.md, appendix): one noise level t ~ U(0.001, 0.999) per example, each
 canvas position replaced by a uniformly random token with probability t, self-conditioning on half of the examples
 from a no-gradient first pass, cross-entropy against the clean canvas over every position (padding included).
+Curriculum: the first steps are dense copy exercises only (`demo_examples.copy_example`), then 10% of the examples.
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ from transformers import (
 from diffusiongemma_torch.chat import ChatFormat, ChatTemplate
 from diffusiongemma_torch.demo import DEMO_DIR
 from diffusiongemma_torch.demo.tasks import sample_task
-from training.demo_examples import canvas_example, completion_text, sample_example
+from training.demo_examples import Example, canvas_example, completion_text, copy_example, sample_example
 from training.demo_tokenizer import VOCAB_SIZE, build_tokenizer
 
 CANVAS = 32
+COPY_SHARE = 0.1
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 GENERATION_CONFIG = {
     "max_denoising_steps": 32,
@@ -87,19 +89,28 @@ def write_tokenizer(directory: Path, seed: int) -> ChatFormat:
     return ChatFormat(directory)
 
 
-def batches(rng: random.Random, chat: ChatFormat, size: int, pool: int = 16) -> Iterator[Batch]:
+def batches(rng: random.Random, chat: ChatFormat, size: int, copy_steps: int, pool: int = 16) -> Iterator[Batch]:
     """Endless batches of left-padded encoder ids, their mask and the clean target canvases.
 
-    Examples are drawn `pool` batches at a time and grouped by length, which keeps padding (wasted compute) small.
+    The first `copy_steps` batches are copy exercises only, later ones `COPY_SHARE` of them (a curriculum: see
+    `copy_example`). Examples are drawn `pool` batches at a time and grouped by length, which keeps padding (wasted
+    compute) small.
     """
+    drawn = 0
     while True:
+        share = 1.0 if drawn < copy_steps else COPY_SHARE
         pairs = sorted(
-            (canvas_example(sample_example(rng, chat), rng, CANVAS, 0) for _ in range(size * pool)),
+            (canvas_example(_example(rng, chat, share), rng, CANVAS, 0) for _ in range(size * pool)),
             key=lambda pair: len(pair[0]),
         )
         groups = [pairs[start : start + size] for start in range(0, len(pairs), size)]
         rng.shuffle(groups)
+        drawn += pool
         yield from (_collate(group) for group in groups)
+
+
+def _example(rng: random.Random, chat: ChatFormat, copy_share: float) -> Example:
+    return copy_example(rng, chat, CANVAS) if rng.random() < copy_share else sample_example(rng, chat)
 
 
 def _collate(pairs: list[tuple[list[int], list[int]]]) -> Batch:
@@ -145,7 +156,8 @@ def training_loss(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=DEMO_DIR)
-    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--steps", type=int, default=5500)
+    parser.add_argument("--copy-steps", type=int, default=300, help="steps of copy exercises only, at the start")
     parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--lr", type=float, default=8e-3)
     parser.add_argument("--hidden", type=int, default=160)
@@ -167,7 +179,7 @@ def main() -> None:
         lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, args.steps) / args.steps)),
     )
     started, smoothed = time.monotonic(), None
-    for step, examples in enumerate(batches(random.Random(args.seed), chat, args.batch), start=1):
+    for step, examples in enumerate(batches(random.Random(args.seed), chat, args.batch, args.copy_steps), start=1):
         if step > args.steps:
             break
         loss = training_loss(model, *examples)
