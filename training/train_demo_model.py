@@ -92,9 +92,9 @@ def write_tokenizer(directory: Path, seed: int) -> ChatFormat:
 def batches(rng: random.Random, chat: ChatFormat, size: int, copy_steps: int, pool: int = 16) -> Iterator[Batch]:
     """Endless batches of left-padded encoder ids, their mask and the clean target canvases.
 
-    The first `copy_steps` batches are copy exercises only, later ones `COPY_SHARE` of them (a curriculum: see
-    `copy_example`). Examples are drawn `pool` batches at a time and grouped by length, which keeps padding (wasted
-    compute) small.
+    The first `copy_steps` batches (rounded up to whole pools) are copy exercises only, later ones `COPY_SHARE` of
+    them (a curriculum: see `copy_example`). Examples are drawn `pool` batches at a time and grouped by length, which
+    keeps padding (wasted compute) small.
     """
     drawn = 0
     while True:
