@@ -30,7 +30,7 @@ unit: install
 test: lint typecheck unit
 
 DEMO_STAMP := $(VENV)/.demo-installed
-DEMO_PROMPT ?= Sort these numbers: 42 7 19 88 3 56 21 64 15 90 33 2 71 48 5
+DEMO_PROMPT ?= Sort these numbers: 42 7 19 88 3 56
 
 $(DEMO_STAMP): $(BIN)/python requirements-demo.txt pyproject.toml backends/torch/pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements-demo.txt

@@ -73,9 +73,9 @@ async def test_tool_call_round_trip(demo: AsyncDiffusionGemma) -> None:
 
 
 async def test_thinking_lands_in_reasoning(demo: AsyncDiffusionGemma) -> None:
-    generation = await demo.generate("Sort these numbers: 8 3 5", thinking=True, seed=0)
-    assert generation.reasoning == "I will sort the numbers."
-    assert generation.text == "3 5 8"
+    generation = await demo.generate("Reverse these words: red green blue", thinking=True, seed=0)
+    assert generation.reasoning == "I will reverse the words."
+    assert generation.text == "blue green red"
 
 
 def test_shipped_files_are_small_and_use_the_real_layout() -> None:

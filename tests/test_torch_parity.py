@@ -21,6 +21,9 @@ from diffusiongemma_torch.model import DiffusionGemmaTextNet
 from diffusiongemma_torch.sampler import NoiseSource, sample_step
 from tests.support.tiny_checkpoint import TinySpec, build_tiny_checkpoint
 
+# transformers' reference generation is slow on CPU: at the default 60 s, a busy 2-core machine timed some of these out
+pytestmark = pytest.mark.timeout(180)
+
 SPECS = {
     "window-8-two-layers": TinySpec(sliding_window=8, canvas=16),
     "window-4-four-layers": TinySpec(

@@ -156,7 +156,7 @@ def training_loss(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=DEMO_DIR)
-    parser.add_argument("--steps", type=int, default=5500)
+    parser.add_argument("--steps", type=int, default=5800)
     parser.add_argument("--copy-steps", type=int, default=300, help="steps of copy exercises only, at the start")
     parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--lr", type=float, default=8e-3)
