@@ -86,6 +86,29 @@ async def test_requests_must_fit_the_context_window(tmp_path: Path) -> None:
         assert generation.usage.completion_tokens <= room
 
 
+async def test_a_context_too_big_for_free_memory_is_refused_before_any_work(tmp_path: Path) -> None:
+    """A billion-token context fits the model's window but not this machine: a clear error, not an allocation."""
+    huge_window = build_tiny_checkpoint(tmp_path, TinySpec(vocab=256, canvas=16, context=2**31))
+    async with AsyncDiffusionGemma(f"torch:{huge_window}") as client:
+        started = time.monotonic()
+        with pytest.raises(InvalidRequestError, match=r"needs about [\d.]+ GiB .* GiB is free\. Lower max_tokens"):
+            await client.generate("Sort these numbers: 3 1 2", max_tokens=2**30)
+        assert time.monotonic() - started < 5
+        generation = await client.generate("Sort these numbers: 3 1 2", max_tokens=32, seed=0)
+    assert generation.usage.completion_tokens <= 32
+
+
+def test_request_memory_counts_what_the_cache_holds(tiny: Path) -> None:
+    """The estimate's KV part is exactly what the engine's cache holds after a prompt longer than the window."""
+    loaded = checkpoint_module.load_checkpoint(str(tiny))
+    net, tokens = loaded.net, 50
+    cache = net.new_cache(1)
+    net.encode(torch.randint(3, 256, (1, tokens)), cache)
+    held = sum(t.numel() * t.element_size() for t in (*cache.keys, *cache.values) if t is not None)
+    masks = 2 * tokens * tokens
+    assert checkpoint_module.request_bytes(net.config, tokens, torch.float32, prefill_chunk=tokens) == held + masks
+
+
 async def test_seed_makes_runs_reproducible(tiny: Path) -> None:
     async with AsyncDiffusionGemma(f"torch:{tiny}") as client:
         first = await client.generate("What is 1 + 2 ?", seed=11, max_tokens=32)

@@ -14,6 +14,7 @@ from transformers import DiffusionGemmaForBlockDiffusion
 from transformers.cache_utils import DynamicCache
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
 
+from diffusiongemma_torch import engine
 from diffusiongemma_torch.checkpoint import load_checkpoint
 from diffusiongemma_torch.config import SamplerSettings
 from diffusiongemma_torch.engine import CanvasCommitted, generate_canvases
@@ -120,6 +121,28 @@ def test_reference_sampler_is_token_identical_to_generate(
     assert torch.allclose(expected.tokens_per_forward, (new != 0).sum(-1) / passes)
     if len(stops) > 10:  # with many stop tokens, a row stops inside a canvas and the rest of it is pad
         assert bool((new == 0).any())
+
+
+def test_prompt_prefilled_in_chunks_is_token_identical_to_generate(
+    pair: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prompt longer than the prefill chunk (here 3 tokens; a chunk of only left padding too) changes nothing."""
+    reference, net, spec = pair
+    monkeypatch.setattr(engine, "PREFILL_CHUNK", 3)
+    prompt = torch.tensor([[0, 0, 0, 2, 10, 11, 12, 13, 14, 15, 16], [2, *range(20, 30)]]) % spec.vocab
+    valid = torch.tensor([[False] * 3 + [True] * 8, [True] * 11])
+    settings = SamplerSettings(
+        max_denoising_steps=12, entropy_bound=0.1, t_min=0.4, t_max=0.8, confidence_threshold=0.005,
+        stability_threshold=1, reference=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    expected = reference.generate(
+        prompt, attention_mask=valid.long(), max_new_tokens=2 * spec.canvas, max_denoising_steps=12,
+        sampler_config=EntropyBoundSamplerConfig(entropy_bound=0.1), t_min=0.4, t_max=0.8, stability_threshold=1,
+        confidence_threshold=0.005, eos_token_id=[1], pad_token_id=0,
+    )  # fmt: skip
+    tokens, _ = run_engine(net, prompt, valid, settings, 0, 2, (1,))
+    assert torch.equal(expected.sequences, tokens)
 
 
 def test_default_sampler_draws_from_the_same_distribution() -> None:

@@ -31,7 +31,7 @@ from diffusiongemma_sdk import (
 )
 from diffusiongemma_sdk.gemma4 import Gemma4StreamParser, parse_gemma4
 from diffusiongemma_torch.chat import ChatFormat
-from diffusiongemma_torch.checkpoint import Checkpoint
+from diffusiongemma_torch.checkpoint import Checkpoint, check_request_memory
 from diffusiongemma_torch.config import canvases_for, token_budget
 from diffusiongemma_torch.engine import CanvasCommitted, DenoiseStep, generate_canvases
 
@@ -125,6 +125,7 @@ class TorchBackend(Backend):
             len(prompt_ids), request.max_tokens, self.options.default_max_tokens, self.checkpoint.config
         )
         device = net.embed_tokens.weight.device
+        check_request_memory(net.config, len(prompt_ids) + max_tokens, net.embed_tokens.weight.dtype, device)
         generator = torch.Generator(device=device)
         # torch takes seeds in [-2**63, 2**64); any other integer wraps as torch wraps negative ones
         generator.manual_seed(request.seed % 2**64 if request.seed is not None else secrets.randbits(63))

@@ -10,17 +10,27 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from diffusiongemma_sdk import ConfigurationError
+from diffusiongemma_sdk import ConfigurationError, InvalidRequestError
 from diffusiongemma_torch.config import GenerationDefaults, TextConfig
+from diffusiongemma_torch.engine import PREFILL_CHUNK
 from diffusiongemma_torch.model import DiffusionGemmaTextNet
 
-__all__ = ["Checkpoint", "default_device_and_dtype", "estimate_bytes", "load_checkpoint", "resolve_checkpoint_dir"]
+__all__ = [
+    "Checkpoint",
+    "check_request_memory",
+    "default_device_and_dtype",
+    "estimate_bytes",
+    "load_checkpoint",
+    "request_bytes",
+    "resolve_checkpoint_dir",
+]
 
 _DECODER = "model.decoder."
 _ENCODER_SCALAR = "model.encoder.language_model.layers."
 _SKIPPED = ("model.encoder.", "lm_head.")  # vision tower, tied encoder copies, tied head
 _DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
 _WORKSPACE_COPIES = 6  # logits, probabilities, noise and entropy buffers of one canvas, fp32
+_SLIDING = "sliding_attention"
 
 
 @dataclass
@@ -68,6 +78,30 @@ def estimate_bytes(directory: Path, config: TextConfig, dtype: torch.dtype, batc
     parameters = sum(_numel(shape) for name, shape in _tensor_shapes(directory).items() if _keep(name))
     workspace = _WORKSPACE_COPIES * batch * config.canvas_length * config.vocab_size * 4
     return parameters * _DTYPE_BYTES[dtype] + workspace
+
+
+def request_bytes(config: TextConfig, tokens: int, dtype: torch.dtype, prefill_chunk: int) -> int:
+    """Memory one request adds to the loaded weights for `tokens` of context (prompt and answer).
+
+    The KV cache (sliding layers keep their window) and the prefill's two boolean attention masks of a chunk against
+    the context. Attention scores are not counted: whether they are materialized depends on the attention kernel.
+    """
+    cached = sum(
+        2 * heads * head_dim * (min(tokens, config.sliding_window - 1) if kind == _SLIDING else tokens)
+        for kind, head_dim, heads in zip(config.layer_types, config.head_dims, config.kv_heads, strict=True)
+    )
+    return cached * _DTYPE_BYTES[dtype] + 2 * min(tokens, prefill_chunk) * tokens
+
+
+def check_request_memory(config: TextConfig, tokens: int, dtype: torch.dtype, device: torch.device) -> None:
+    """Raise a clear error before a request whose context cannot fit in the memory left on `device`."""
+    needed = request_bytes(config, tokens, dtype, PREFILL_CHUNK)
+    if (available := _free_when_short(needed, device)) is not None:
+        raise InvalidRequestError(
+            f"A context of {tokens} tokens (prompt plus max_tokens) needs about {needed / 2**30:.1f} GiB for its KV "
+            f"cache on {device}, but {available / 2**30:.1f} GiB is free. Lower max_tokens, shorten the prompt, or "
+            "free memory."
+        )
 
 
 def load_checkpoint(target: str, *, device: str | None = None, dtype: str | torch.dtype | None = None) -> Checkpoint:
@@ -139,13 +173,18 @@ def _numel(shape: list[int]) -> int:
 
 def _check_memory(directory: Path, config: TextConfig, device: torch.device, dtype: torch.dtype) -> None:
     needed = estimate_bytes(directory, config, dtype)
-    available = _available_bytes(device)
-    if available is not None and needed > available:
+    if (available := _free_when_short(needed, device)) is not None:
         raise ConfigurationError(
             f"Loading {directory.name} on {device} in {str(dtype).removeprefix('torch.')} needs about "
             f"{needed / 2**30:.1f} GiB but {available / 2**30:.1f} GiB is free. Free memory, use a quantized build "
             "(gguf:), or pick another device/dtype (device=..., dtype=...)."
         )
+
+
+def _free_when_short(needed: int, device: torch.device) -> int | None:
+    """The bytes free on `device` when they are fewer than `needed`; None when enough is free or it is unknown."""
+    available = _available_bytes(device)
+    return available if available is not None and needed > available else None
 
 
 def _available_bytes(device: torch.device) -> int | None:

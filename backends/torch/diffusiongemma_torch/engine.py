@@ -15,6 +15,10 @@ from diffusiongemma_torch.config import SamplerSettings
 from diffusiongemma_torch.model import DiffusionGemmaTextNet, KVCache
 from diffusiongemma_torch.sampler import NoiseSource, sample_step
 
+PREFILL_CHUNK = 1024
+"""Prompt tokens encoded per pass: a long prompt's attention masks and scores grow with chunk x context, not
+context squared."""
+
 __all__ = ["CanvasCommitted", "DenoiseStep", "generate_canvases"]
 
 
@@ -57,7 +61,9 @@ def generate_canvases(
     length, vocab = net.config.canvas_length, net.config.vocab_size
     stop_tokens = torch.tensor(stop_token_ids, device=device)
     cache = net.new_cache(batch)
-    net.encode(prompt, cache, prompt_valid)
+    for start in range(0, prompt.shape[1], PREFILL_CHUNK):
+        chunk = slice(start, start + PREFILL_CHUNK)
+        net.encode(prompt[:, chunk], cache, None if prompt_valid is None else prompt_valid[:, chunk])
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     noise = NoiseSource(generator, batch, length, vocab) if settings.reference else None
     try:
