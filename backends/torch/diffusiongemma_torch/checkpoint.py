@@ -30,7 +30,6 @@ _ENCODER_SCALAR = "model.encoder.language_model.layers."
 _SKIPPED = ("model.encoder.", "lm_head.")  # vision tower, tied encoder copies, tied head
 _DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
 _WORKSPACE_COPIES = 6  # logits, probabilities, noise and entropy buffers of one canvas, fp32
-_SLIDING = "sliding_attention"
 
 
 @dataclass
@@ -87,8 +86,8 @@ def request_bytes(config: TextConfig, tokens: int, dtype: torch.dtype, prefill_c
     the context. Attention scores are not counted: whether they are materialized depends on the attention kernel.
     """
     cached = sum(
-        2 * heads * head_dim * (min(tokens, config.sliding_window - 1) if kind == _SLIDING else tokens)
-        for kind, head_dim, heads in zip(config.layer_types, config.head_dims, config.kv_heads, strict=True)
+        2 * heads * head_dim * (min(tokens, config.sliding_window - 1) if sliding else tokens)
+        for sliding, head_dim, heads in zip(config.sliding, config.head_dims, config.kv_heads, strict=True)
     )
     return cached * _DTYPE_BYTES[dtype] + 2 * min(tokens, prefill_chunk) * tokens
 

@@ -89,6 +89,11 @@ class TextConfig:
             bos_token_id=int(text.get("bos_token_id", 2)),
         )
 
+    @property
+    def sliding(self) -> tuple[bool, ...]:
+        """Per layer, whether it is a sliding-window layer."""
+        return tuple(kind == _SLIDING for kind in self.layer_types)
+
     def rope_inv_freq(self, layer_type: str) -> torch.Tensor:
         """Inverse RoPE frequencies for a layer type, computed as the reference does (proportional on full layers)."""
         params = self.rope[layer_type]

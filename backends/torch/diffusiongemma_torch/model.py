@@ -19,8 +19,6 @@ from diffusiongemma_torch.config import TextConfig
 
 __all__ = ["DiffusionGemmaTextNet", "KVCache"]
 
-_SLIDING = "sliding_attention"
-
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """RMSNorm in fp32, scaled by `weight` when given, returned in the input's dtype."""
@@ -55,7 +53,7 @@ class Attention(nn.Module):
         self.head_dim = config.head_dims[index]
         self.kv_heads = config.kv_heads[index]
         self.groups = heads // self.kv_heads
-        self.sliding = config.layer_types[index] == _SLIDING
+        self.sliding = config.sliding[index]
         self.q_proj = nn.Linear(hidden, heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=False) if self.sliding else None
@@ -210,7 +208,7 @@ class KVCache:
 
     def __init__(self, config: TextConfig, batch: int, device: torch.device) -> None:
         self.window = config.sliding_window
-        self.sliding = [kind == _SLIDING for kind in config.layer_types]
+        self.sliding = config.sliding
         self.keys: list[torch.Tensor | None] = [None] * config.num_layers
         self.values: list[torch.Tensor | None] = [None] * config.num_layers
         self.length = 0
