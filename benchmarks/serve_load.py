@@ -10,13 +10,15 @@ percentiles, the server's own time per request, how many answers match the engin
 (`tasks.check`: the model's quality), and how many requests failed. A wrong answer that is exactly right for another
 prompt of the run is counted as misrouted.
 
-The torch engine serves one generation at a time, so concurrent requests queue on the server: latency is mostly
-waiting, and throughput is the engine's sequential rate.
+By default the torch engine serves one generation at a time, so concurrent requests queue on the server: latency
+is mostly waiting, and throughput is the engine's sequential rate. `--max-batch N` serves with `-o max_batch=N`:
+waiting requests are denoised together.
 
 Exit code 1 if any request failed (no answer, a non-200 status, any 5xx), differs from the engine's answer or was
 misrouted.
 
-    .venv/bin/python benchmarks/serve_load.py [--requests 200] [--concurrency 32] [--backend SPEC] [--no-reference]
+    .venv/bin/python benchmarks/serve_load.py [--requests 200] [--concurrency 32] [--backend SPEC] [--max-batch N]
+        [--no-reference]
 """
 
 from __future__ import annotations
@@ -230,6 +232,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="callers sending at once")
     parser.add_argument("--backend", default="torch:demo", help="the backend spec `serve` serves")
     parser.add_argument("--no-reference", action="store_true", help="skip the in-process answers to compare with")
+    parser.add_argument("--max-batch", type=int, default=1, help="the torch backend's max_batch (serve -o max_batch=N)")
     args = parser.parse_args()
 
     tasks = make_tasks(args.requests, random.Random(LOAD_SEED))
@@ -238,8 +241,9 @@ def main() -> None:
         started = time.perf_counter()
         engine = engine_answers(args.backend, tasks)
         print(f"engine answers in this process: {len(engine)} in {time.perf_counter() - started:.1f} s", flush=True)
-    print(f"server: diffusiongemma serve --backend {args.backend} (its own process)", flush=True)
-    with serve_command(args.backend, startup_timeout=120) as server:
+    options = ["-o", f"max_batch={args.max_batch}"] if args.max_batch > 1 else []
+    print(f"server: diffusiongemma serve --backend {args.backend} {' '.join(options)} (its own process)", flush=True)
+    with serve_command(args.backend, startup_timeout=120, options=options) as server:
         outcomes, elapsed = asyncio.run(run_load(server.base, server.model, tasks, args.concurrency))
     ok = report(outcomes, elapsed, args.concurrency, engine)
     sys.exit(0 if ok else 1)

@@ -211,6 +211,20 @@ def test_models_of_a_local_checkpoint(tiny_backend: str) -> None:
     assert listing.capabilities.max_concurrency == 1
 
 
+def test_backend_options_reach_the_backend(tiny_backend: str, server: ScriptedServer) -> None:
+    """`-o KEY=VALUE` values are JSON when they parse; every command takes them."""
+    batched = invoke("models", "--backend", tiny_backend, "-o", "max_batch=4", "--json")
+    assert batched.exit_code == 0, batched.output
+    assert Listing.model_validate_json(batched.stdout).capabilities.max_concurrency == 4
+    limited = invoke("models", "--backend", spec(server), "--backend-option", "max_concurrency=2", "--json")
+    assert Listing.model_validate_json(limited.stdout).capabilities.max_concurrency == 2
+    error, hint = failure_lines(invoke("generate", "hi", "--backend", tiny_backend, "-o", "max_batch"))
+    assert error == "error: --backend-option takes KEY=VALUE (for example max_batch=16), not 'max_batch'."
+    error, hint = failure_lines(invoke("bench", "--backend", tiny_backend, "-o", "max_batch=many"))
+    assert "max_batch" in error
+    assert "--backend-option" in hint
+
+
 def test_models_errors_are_one_line_and_a_hint(closed_url: str) -> None:
     error, hint = failure_lines(invoke("models", "--backend", "nim"))
     assert "NVIDIA_API_KEY" in error
@@ -511,6 +525,7 @@ def test_serve_passes_its_options_on(monkeypatch: pytest.MonkeyPatch) -> None:
         lambda backend, *, host, port, api_key, **limits: calls.append((backend, host, port, api_key, limits)),
     )
     defaults = {
+        "backend_options": None,
         "model_id": None,
         "max_tokens_limit": DEFAULT_MAX_TOKENS_LIMIT,
         "max_denoising_steps_limit": DEFAULT_MAX_DENOISING_STEPS_LIMIT,
@@ -522,6 +537,7 @@ def test_serve_passes_its_options_on(monkeypatch: pytest.MonkeyPatch) -> None:
     assert invoke("serve", env={"DIFFUSIONGEMMA_SERVER_API_KEY": "from-env"}).exit_code == 0
     limits = ["--max-steps-limit", "48", "--max-body-bytes", "1000", "--model-id", "m", "--shutdown-timeout", "0"]
     assert invoke("serve", *limits).exit_code == 0
+    assert invoke("serve", "--backend", "torch:demo", "-o", "max_batch=16", "-o", 'device="cpu"').exit_code == 0
     assert calls == [
         ("torch:demo", "127.0.0.1", 8000, None, defaults),
         (None, "0.0.0.0", 9000, "k", defaults),
@@ -539,6 +555,7 @@ def test_serve_passes_its_options_on(monkeypatch: pytest.MonkeyPatch) -> None:
                 "timeout_graceful_shutdown": 0,
             },
         ),
+        ("torch:demo", "127.0.0.1", 8000, None, {**defaults, "backend_options": {"max_batch": 16, "device": "cpu"}}),
     ]
     assert invoke("serve", "--port", "0").exit_code == 2
     assert invoke("serve", "--max-tokens-limit", "0").exit_code == 2

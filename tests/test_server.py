@@ -10,7 +10,7 @@ import json
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from diffusiongemma_sdk.remote import RemoteBackend
 from diffusiongemma_sdk.server import DEFAULT_HOST, DEFAULT_MAX_TOKENS_LIMIT, run_server
 from tests.support.openai_server import Reply, ScriptedServer, chunk, completion
 from tests.support.serving import ADD_TOOL, Running, serving
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -111,12 +112,6 @@ def assert_error(response: httpx.Response, status: int, *, code: str | None = No
     if param is not None:
         assert body["error"]["param"] == param, body
     return str(body["error"]["message"])
-
-
-async def wait_until(condition: Callable[[], bool], *, timeout: float) -> None:
-    with anyio.fail_after(timeout):
-        while not condition():  # noqa: ASYNC110  (the condition lives in another thread)
-            await anyio.sleep(0.05)
 
 
 def user(text: str) -> list[dict[str, Any]]:
@@ -598,7 +593,7 @@ async def test_client_disconnect_mid_stream_stops_the_torch_generation(torch_ser
             if line.startswith(": denoise_step"):
                 break  # leaving the block closes the connection mid-stream
     # a canvas that never converges is denoised until the disconnect reaches the engine
-    await wait_until(lambda: not backend._one_at_a_time.locked(), timeout=30)
+    await wait_until(lambda: backend._running is None, timeout=30)
     assert backend._worker.borrowed_tokens == 0
     async with openai_client(torch_server) as client:  # and the engine serves the next request
         answer = await client.chat.completions.create(

@@ -307,14 +307,19 @@ def test_pad_tokens_before_the_stop_are_counted_but_not_shown() -> None:
     assert stop is not None
     answer = [*chat.encode("4 9"), pad, pad, *chat.encode(" 17"), stop]
     run = _Run(
-        backend="torch:demo", chat=chat, reports=iter(()), prompt_tokens=5, max_tokens=64, stop_tokens={stop},
+        backend="torch:demo", chat=chat, prompt_tokens=5, max_tokens=64, stop_tokens={stop},
         stop_strings=[], pad_token_id=pad,
     )  # fmt: skip
     canvas = torch.tensor([answer + [pad] * (32 - len(answer))])
     run.handle(
         CanvasCommitted(
-            canvas_index=0, tokens=canvas, steps=3, finished=torch.tensor([True]), decoder_passes=torch.tensor([3])
+            canvas_index=0,
+            tokens=canvas,
+            steps=torch.tensor([3]),
+            finished=torch.tensor([True]),
+            decoder_passes=torch.tensor([3]),
         ),
+        0,
         drafts=False,
         every=1,
     )

@@ -19,7 +19,7 @@ from diffusiongemma_torch.checkpoint import load_checkpoint
 from diffusiongemma_torch.config import SamplerSettings
 from diffusiongemma_torch.engine import CanvasCommitted, generate_canvases
 from diffusiongemma_torch.model import DiffusionGemmaTextNet
-from diffusiongemma_torch.sampler import NoiseSource, sample_step
+from diffusiongemma_torch.sampler import SharedRandomness, sample_step
 from tests.support.tiny_checkpoint import TinySpec, build_tiny_checkpoint
 
 # transformers' reference generation is slow on CPU: at the default 60 s, a busy 2-core machine timed some of these out
@@ -150,15 +150,14 @@ def test_default_sampler_draws_from_the_same_distribution() -> None:
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(1, 6, 12, generator=generator) * 2
     logits[0, 0] *= 4  # one confident position, always accepted
-    canvas = torch.zeros(1, 6, dtype=torch.long)
     draws = 6000
     counts = {True: torch.zeros(12), False: torch.zeros(12)}
     for reference in (True, False):
         rng = torch.Generator().manual_seed(42)
-        source = NoiseSource(rng, 1, 6, 12) if reference else None
+        randomness = SharedRandomness(rng, 1, 6, 12, reference=reference)
         masks = set()
         for _ in range(draws):
-            outcome = sample_step(logits, canvas, 0.5, rng, noise=source.take() if source else None)
+            outcome = sample_step(logits, 0.5, randomness)
             masks.add(tuple(outcome.accepted[0].tolist()))
             counts[reference][outcome.next_canvas[0, 0]] += 1
         assert len(masks) == 1  # acceptance depends on the logits only

@@ -19,11 +19,14 @@ from rich.text import Text
 from diffusiongemma_sdk.cli.failures import reporting_failures
 from diffusiongemma_sdk.cli.interrupts import run_interruptible
 from diffusiongemma_sdk.cli.options import (
+    BackendChoice,
     BackendOption,
+    BackendOptionsOption,
     DebugOption,
     MaxTokensOption,
     SeedOption,
     StepsOption,
+    backend_choice,
     request_options,
     require_positive,
 )
@@ -91,6 +94,7 @@ class BenchReport(BaseModel):
 
 def bench(
     backend: BackendOption = None,
+    backend_option: BackendOptionsOption = None,
     prompts: Annotated[int, typer.Option(metavar="N", help="How many generations to run.")] = 8,
     prompt: Annotated[
         str | None,
@@ -118,13 +122,14 @@ def bench(
     """
     with reporting_failures(debug):
         require_positive(prompts=prompts, concurrency=concurrency)
+        choice = backend_choice(backend, backend_option)
         request = request_options(max_tokens=max_tokens, steps=steps, seed=seed, thinking=None)
         err = Console(stderr=True)
         progress: AbstractContextManager[Status | None] = (
             err.status(f"0 of {prompts} done") if err.is_interactive and not as_json else nullcontext()
         )
         with progress as status:
-            report = run_interruptible(partial(_bench, backend, prompts, prompt, concurrency, request, status, err))
+            report = run_interruptible(partial(_bench, choice, prompts, prompt, concurrency, request, status, err))
         if as_json:
             typer.echo(report.model_dump_json())
         else:
@@ -132,7 +137,7 @@ def bench(
 
 
 async def _bench(
-    backend: str | None,
+    choice: BackendChoice,
     count: int,
     prompt: str | None,
     concurrency: int,
@@ -141,7 +146,7 @@ async def _bench(
     err: Console,
 ) -> BenchReport:
     """Run the generations, at most `concurrency` at once; the first failure stops them all and is raised."""
-    async with AsyncDiffusionGemma(backend) as client:
+    async with choice.client() as client:
         name = client.backend.name
         capabilities = await client.backend.discover_capabilities()
         request = {**request, "thinking": False if capabilities.thinking else None}  # tokens without reasoning

@@ -21,13 +21,16 @@ from diffusiongemma_sdk.cli.interrupts import run_interruptible
 from diffusiongemma_sdk.cli.live import live_view, run_generation
 from diffusiongemma_sdk.cli.options import (
     REQUEST_PANEL,
+    BackendChoice,
     BackendOption,
+    BackendOptionsOption,
     DebugOption,
     MaxTokensOption,
     NoLiveOption,
     SeedOption,
     StepsOption,
     SystemOption,
+    backend_choice,
     request_options,
 )
 from diffusiongemma_sdk.cli.report import print_generation
@@ -47,6 +50,7 @@ _COMMANDS = {
 
 def chat(
     backend: BackendOption = None,
+    backend_option: BackendOptionsOption = None,
     max_tokens: MaxTokensOption = None,
     thinking: Annotated[
         bool, typer.Option(help="Start with thinking on (/thinking toggles it).", rich_help_panel=REQUEST_PANEL)
@@ -67,13 +71,14 @@ def chat(
     and the chat goes on; any other error ends it.
     """
     with reporting_failures(debug):
+        choice = backend_choice(backend, backend_option)
         session = _Chat(
             request=request_options(max_tokens=max_tokens, steps=steps, seed=seed, thinking=thinking),
             system=[] if system is None else [Message(role="system", content=system)],
             live=not no_live,
             debug=debug,
         )
-        run_interruptible(partial(session.run, backend))
+        run_interruptible(partial(session.run, choice))
 
 
 @dataclass
@@ -88,10 +93,10 @@ class _Chat:
     out: Console = field(default_factory=Console)
     err: Console = field(default_factory=lambda: Console(stderr=True))
 
-    async def run(self, backend: str | None) -> None:
+    async def run(self, choice: BackendChoice) -> None:
         """Load the backend, then answer lines until /exit or the end of stdin."""
         stdin = _Stdin()
-        async with AsyncDiffusionGemma(backend) as client:
+        async with choice.client() as client:
             self._note(f"Chatting with {client.backend.name}. /help lists the commands; /exit or Ctrl-D leaves.")
             while (line := await self._ask(stdin)) is not None:
                 text = line.strip()

@@ -39,7 +39,10 @@ _API_KEYS = "NVIDIA_API_KEY for nim, DIFFUSIONGEMMA_API_KEY for openai: servers"
 # First match wins, so subclasses come before their bases.
 _HINTS: tuple[tuple[type[BaseException], str], ...] = (
     (BackendNotInstalledError, "local backends come as extras: pip install 'diffusiongemma-sdk[torch]' (or [gguf])"),
-    (ConfigurationError, f"choose a backend with --backend SPEC or DIFFUSIONGEMMA_BACKEND: {_BACKEND_CHOICES}"),
+    (
+        ConfigurationError,
+        f"check --backend SPEC (or DIFFUSIONGEMMA_BACKEND) and any --backend-option; backends: {_BACKEND_CHOICES}",
+    ),
     (InvalidRequestError, "check the option values against --help"),
     (AuthenticationError, f"the program reads API keys from the environment only: {_API_KEYS}"),
     (PermissionDeniedError, f"this key may not use the model; check its permissions ({_API_KEYS})"),

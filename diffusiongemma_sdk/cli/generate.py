@@ -15,17 +15,19 @@ from diffusiongemma_sdk.cli.live import LiveCanvas, live_view, run_generation
 from diffusiongemma_sdk.cli.options import (
     OUTPUT_PANEL,
     REQUEST_PANEL,
+    BackendChoice,
     BackendOption,
+    BackendOptionsOption,
     DebugOption,
     MaxTokensOption,
     NoLiveOption,
     SeedOption,
     StepsOption,
     SystemOption,
+    backend_choice,
     request_options,
 )
 from diffusiongemma_sdk.cli.report import print_generation
-from diffusiongemma_sdk.client import AsyncDiffusionGemma
 from diffusiongemma_sdk.errors import InvalidRequestError
 from diffusiongemma_sdk.messages import PromptInput
 from diffusiongemma_sdk.types import Generation, Message
@@ -38,6 +40,7 @@ def generate(
         str, typer.Argument(metavar="PROMPT", help="What to ask; '-' reads it from stdin.", show_default=False)
     ],
     backend: BackendOption = None,
+    backend_option: BackendOptionsOption = None,
     max_tokens: MaxTokensOption = None,
     thinking: Annotated[
         bool, typer.Option(help="Let the model reason before it answers.", rich_help_panel=REQUEST_PANEL)
@@ -65,10 +68,11 @@ def generate(
     steps, tokens, seconds and tokens/s.
     """
     with reporting_failures(debug):
+        choice = backend_choice(backend, backend_option)
         request = request_options(max_tokens=max_tokens, steps=steps, seed=seed, thinking=thinking)
         conversation = _conversation(prompt, system)
         with live_view(Console(), not (as_json or no_live)) as live:
-            generation, elapsed = run_interruptible(partial(_run, backend, conversation, request, live))
+            generation, elapsed = run_interruptible(partial(_run, choice, conversation, request, live))
         if as_json:
             typer.echo(generation.model_dump_json())
         else:
@@ -76,10 +80,10 @@ def generate(
 
 
 async def _run(
-    backend: str | None, prompt: PromptInput, request: dict[str, Any], live: LiveCanvas | None
+    choice: BackendChoice, prompt: PromptInput, request: dict[str, Any], live: LiveCanvas | None
 ) -> tuple[Generation, float]:
     """The generation and the seconds it took (backend loading left out); streamed when there is a live view."""
-    async with AsyncDiffusionGemma(backend) as client:
+    async with choice.client() as client:
         return await run_generation(client, prompt, request, live)
 
 

@@ -14,8 +14,13 @@ from rich.text import Text
 from diffusiongemma_sdk.backend import Capabilities, ModelInfo
 from diffusiongemma_sdk.cli.failures import reporting_failures
 from diffusiongemma_sdk.cli.interrupts import run_interruptible
-from diffusiongemma_sdk.cli.options import BackendOption, DebugOption
-from diffusiongemma_sdk.client import AsyncDiffusionGemma
+from diffusiongemma_sdk.cli.options import (
+    BackendChoice,
+    BackendOption,
+    BackendOptionsOption,
+    DebugOption,
+    backend_choice,
+)
 
 __all__ = ["models"]
 
@@ -30,6 +35,7 @@ class Listing(BaseModel):
 
 def models(
     backend: BackendOption = None,
+    backend_option: BackendOptionsOption = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout: backend, models, capabilities.")
     ] = False,
@@ -43,7 +49,7 @@ def models(
     object with the backend, its models and its capabilities.
     """
     with reporting_failures(debug):
-        listing = run_interruptible(partial(_listing, backend))
+        listing = run_interruptible(partial(_listing, backend_choice(backend, backend_option)))
         if as_json:
             typer.echo(listing.model_dump_json())
             return
@@ -59,8 +65,8 @@ def models(
         out.print(supported)
 
 
-async def _listing(backend: str | None) -> Listing:
-    async with AsyncDiffusionGemma(backend) as client:
+async def _listing(choice: BackendChoice) -> Listing:
+    async with choice.client() as client:
         served = await client.models()
         capabilities = await client.backend.discover_capabilities()
         return Listing(backend=client.backend.name, models=served, capabilities=capabilities)

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import typer
 
+from diffusiongemma_sdk.client import AsyncDiffusionGemma
 from diffusiongemma_sdk.errors import InvalidRequestError
 from diffusiongemma_sdk.types import DiffusionParams
 
 __all__ = [
     "OUTPUT_PANEL",
     "REQUEST_PANEL",
+    "BackendChoice",
     "BackendOption",
+    "BackendOptionsOption",
     "DebugOption",
     "MaxTokensOption",
     "NoLiveOption",
     "SeedOption",
     "StepsOption",
     "SystemOption",
+    "backend_choice",
     "request_options",
     "require_positive",
 ]
@@ -36,6 +42,20 @@ BackendOption = Annotated[
         help=(
             "Where the model runs: nim, nim:MODEL, openai:BASE_URL#MODEL, torch:DIR|HF-ID|demo or gguf:FILE. "
             "Default: the DIFFUSIONGEMMA_BACKEND variable, else nim when NVIDIA_API_KEY is set."
+        ),
+    ),
+]
+
+BackendOptionsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--backend-option",
+        "-o",
+        metavar="KEY=VALUE",
+        show_default=False,
+        help=(
+            "A backend setting (backend_options), repeatable: -o max_batch=16 (torch:), -o max_concurrency=8 "
+            "(remote). VALUE is read as JSON when it is JSON, else as text."
         ),
     ),
 ]
@@ -87,3 +107,28 @@ def request_options(
         "diffusion": None if steps is None else DiffusionParams(max_denoising_steps=steps),
         "seed": seed,
     }
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """The backend a command uses: `--backend` and its `--backend-option` settings."""
+
+    spec: str | None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def client(self) -> AsyncDiffusionGemma:
+        return AsyncDiffusionGemma(self.spec, backend_options=self.options or None)
+
+
+def backend_choice(spec: str | None, entries: list[str] | None) -> BackendChoice:
+    """`--backend` with its `-o KEY=VALUE` entries, checked before any backend loads."""
+    options: dict[str, Any] = {}
+    for entry in entries or []:
+        key, sep, raw = entry.partition("=")
+        if not sep or not key.strip():
+            raise InvalidRequestError(f"--backend-option takes KEY=VALUE (for example max_batch=16), not {entry!r}.")
+        try:
+            options[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key.strip()] = raw
+    return BackendChoice(spec, options)

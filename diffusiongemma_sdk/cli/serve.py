@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from diffusiongemma_sdk.cli.failures import CommandError, reporting_failures
-from diffusiongemma_sdk.cli.options import BackendOption, DebugOption
+from diffusiongemma_sdk.cli.options import BackendOption, BackendOptionsOption, DebugOption, backend_choice
 from diffusiongemma_sdk.server.defaults import (
     DEFAULT_GRACEFUL_SHUTDOWN_S,
     DEFAULT_HOST,
@@ -26,6 +26,7 @@ SERVER_PACKAGES = ("starlette", "uvicorn")
 
 def serve(
     backend: BackendOption = None,
+    backend_option: BackendOptionsOption = None,
     host: Annotated[
         str, typer.Option(metavar="ADDRESS", help="Where to listen; 127.0.0.1 keeps the server to this machine.")
     ] = DEFAULT_HOST,
@@ -76,10 +77,12 @@ def serve(
                 f"The server needs {' and '.join(missing)}, which this Python lacks.",
                 "install the server extra: pip install 'diffusiongemma-sdk[server]'",
             )
+        choice = backend_choice(backend, backend_option)
         from diffusiongemma_sdk.server import run_server
 
         run_server(
-            backend,
+            choice.spec,
+            backend_options=choice.options or None,
             host=host,
             port=port,
             api_key=api_key or None,

@@ -11,7 +11,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,10 +137,12 @@ class ServeCommand:
 
 
 @contextmanager
-def serve_command(spec: str, *, startup_timeout: float = 50) -> Iterator[ServeCommand]:
-    """`python -m diffusiongemma_sdk.cli serve --backend SPEC --port N`, until `/health` answers; Ctrl-C at the end."""
+def serve_command(spec: str, *, startup_timeout: float = 50, options: Sequence[str] = ()) -> Iterator[ServeCommand]:
+    """`python -m diffusiongemma_sdk.cli serve --backend SPEC --port N [OPTIONS]`, until `/health` answers; Ctrl-C at
+    the end."""
     port = free_port()
     command = [sys.executable, "-m", "diffusiongemma_sdk.cli", "serve", "--backend", spec, "--port", str(port)]
+    command += options
     with tempfile.TemporaryDirectory() as folder:
         log = Path(folder) / "serve.log"
         with log.open("wb") as output:

@@ -17,6 +17,7 @@ from diffusiongemma_torch.model import DiffusionGemmaTextNet
 
 __all__ = [
     "Checkpoint",
+    "batch_fits",
     "check_request_memory",
     "default_device_and_dtype",
     "estimate_bytes",
@@ -90,6 +91,17 @@ def request_bytes(config: TextConfig, tokens: int, dtype: torch.dtype, prefill_c
         for sliding, head_dim, heads in zip(config.sliding, config.head_dims, config.kv_heads, strict=True)
     )
     return cached * _DTYPE_BYTES[dtype] + 2 * min(tokens, prefill_chunk) * tokens
+
+
+def batch_fits(config: TextConfig, tokens: int, batch: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether `batch` requests of `tokens` context each (the longest of them) fit in the memory left on `device`.
+
+    Per row: its KV cache twice (the rows still being denoised get a compact copy), the prefill masks, and a
+    canvas's vocab-sized workspace.
+    """
+    cache_and_masks = request_bytes(config, tokens, dtype, PREFILL_CHUNK)
+    workspace = _WORKSPACE_COPIES * config.canvas_length * config.vocab_size * 4
+    return _free_when_short(batch * (2 * cache_and_masks + workspace), device) is None
 
 
 def check_request_memory(config: TextConfig, tokens: int, dtype: torch.dtype, device: torch.device) -> None:

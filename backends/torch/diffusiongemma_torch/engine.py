@@ -6,14 +6,14 @@ stream drafts and stop between any two steps (closing the generator stops the wo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from diffusiongemma_torch.config import SamplerSettings
 from diffusiongemma_torch.model import DiffusionGemmaTextNet, KVCache
-from diffusiongemma_torch.sampler import NoiseSource, sample_step
+from diffusiongemma_torch.sampler import Randomness, RowRandomness, SharedRandomness, sample_step
 
 PREFILL_CHUNK = 1024
 """Prompt tokens encoded per pass: a long prompt's attention masks and scores grow with chunk x context, not
@@ -31,6 +31,7 @@ class DenoiseStep:
     draft: torch.Tensor  # [B, L] argmax canvas
     accepted_fraction: torch.Tensor  # [B]
     mean_entropy: torch.Tensor  # [B]
+    denoised: torch.Tensor  # [B] bool: the row took this step (it had not converged or finished before it)
 
 
 @dataclass
@@ -39,8 +40,8 @@ class CanvasCommitted:
 
     canvas_index: int
     tokens: torch.Tensor  # [B, L]
-    steps: int
-    finished: torch.Tensor  # [B] bool: the row has produced a stop token
+    steps: torch.Tensor  # [B] denoising steps each row took on this canvas (0 for a row finished before it)
+    finished: torch.Tensor  # [B] bool: the row gets no more canvases (a stop token, or its canvas limit)
     decoder_passes: torch.Tensor  # [B] denoising passes each row needed so far
 
 
@@ -50,89 +51,124 @@ def generate_canvases(
     prompt: torch.Tensor,
     settings: SamplerSettings,
     *,
-    max_canvases: int,
+    max_canvases: int | Sequence[int],
     stop_token_ids: tuple[int, ...],
     pad_token_id: int,
-    generator: torch.Generator,
+    generator: torch.Generator | Sequence[torch.Generator],
     prompt_valid: torch.Tensor | None = None,
-) -> Iterator[DenoiseStep | CanvasCommitted]:
-    """Generate up to `max_canvases` canvases after `prompt` ([B, P], left-padded where `prompt_valid` is False)."""
+) -> Generator[DenoiseStep | CanvasCommitted, None, None]:
+    """Generate canvases after `prompt` ([B, P], left-padded where `prompt_valid` is False).
+
+    `max_canvases` is one limit for the batch or one per row. `generator` is one for the whole batch, drawn from as
+    transformers' `generate()` draws, or one per row: a row then draws only while it is denoised and is not waited
+    for once it has converged or finished, so it gets the tokens of its prompt generated alone with its generator
+    (up to the rounding of batched arithmetic).
+    """
     batch, device = prompt.shape[0], prompt.device
     length, vocab = net.config.canvas_length, net.config.vocab_size
-    stop_tokens = torch.tensor(stop_token_ids, device=device)
-    cache = net.new_cache(batch)
-    for start in range(0, prompt.shape[1], PREFILL_CHUNK):
-        chunk = slice(start, start + PREFILL_CHUNK)
-        net.encode(prompt[:, chunk], cache, None if prompt_valid is None else prompt_valid[:, chunk])
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    noise = NoiseSource(generator, batch, length, vocab) if settings.reference else None
+    randomness: Randomness
+    if isinstance(generator, torch.Generator):
+        randomness = SharedRandomness(generator, batch, length, vocab, reference=settings.reference)
+    else:
+        if len(generator) != batch:
+            raise ValueError(f"{len(generator)} generators for a batch of {batch} rows")
+        randomness = RowRandomness(generator, length, vocab, reference=settings.reference)
+    limits = torch.as_tensor(max_canvases, device=device).expand(batch)
     try:
-        yield from _canvases(net, cache, settings, noise, generator, max_canvases, stop_tokens, pad_token_id, finished)
+        cache = net.new_cache(batch)
+        for start in range(0, prompt.shape[1], PREFILL_CHUNK):
+            chunk = slice(start, start + PREFILL_CHUNK)
+            net.encode(prompt[:, chunk], cache, None if prompt_valid is None else prompt_valid[:, chunk])
+        yield from _canvases(
+            net, cache, settings, randomness, limits, torch.tensor(stop_token_ids, device=device), pad_token_id
+        )
     finally:
-        if noise is not None:
-            noise.close()
+        randomness.close()
 
 
 def _canvases(
     net: DiffusionGemmaTextNet,
     cache: KVCache,
     settings: SamplerSettings,
-    noise: NoiseSource | None,
-    generator: torch.Generator,
-    max_canvases: int,
+    randomness: Randomness,
+    limits: torch.Tensor,
     stop_tokens: torch.Tensor,
     pad_token_id: int,
-    finished: torch.Tensor,
 ) -> Iterator[DenoiseStep | CanvasCommitted]:
-    batch, device = finished.shape[0], finished.device
-    length, vocab = net.config.canvas_length, net.config.vocab_size
+    batch, device = limits.shape[0], limits.device
+    length = net.config.canvas_length
+    # with a generator per row, only the rows still being denoised are computed; a shared stream draws for all rows
+    # until every one has converged, as the reference does
+    compact = isinstance(randomness, RowRandomness)
+    finished = limits <= 0
     passes = torch.zeros(batch, dtype=torch.int64, device=device)
+    live = torch.arange(batch, device=device)  # the batch rows `cache` holds, in its order
     committed: torch.Tensor | None = None
-    for canvas_index in range(max_canvases):
+    for canvas_index in range(int(limits.max())):
+        if compact and bool(finished[live].any()):  # finished rows leave the cache for good
+            kept = (~finished[live]).nonzero().flatten()
+            cache, live = cache.select(kept), live[kept]
         if committed is not None:
-            net.encode(committed, cache)
-        canvas = torch.randint(0, vocab, (batch, length), generator=generator, device=device)
-        if noise is not None:
-            noise.prefetch()  # drawn while the first denoising pass runs
-        argmax, soft = canvas, None
-        converged = torch.zeros(batch, dtype=torch.bool, device=device)
+            net.encode(committed if len(live) == batch else committed[live], cache)
+        canvas = torch.zeros(batch, length, dtype=torch.long, device=device)
+        canvas[live] = randomness.new_canvas(live.tolist())
+        randomness.prefetch(live.tolist())  # drawn while the first denoising pass runs
+        argmax, soft = canvas.clone(), None
+        converged = finished.clone() if compact else torch.zeros_like(finished)
+        passes_before = passes.clone()
         # a canvas is never stable for more steps than it gets, so a longer history would change nothing
         depth = min(settings.stability_threshold, settings.max_denoising_steps)
         history = torch.full((depth, batch, length), -1, dtype=torch.long, device=device)
-        steps = 0
-        for steps_left in range(settings.max_denoising_steps, 0, -1):
-            passes += ~(converged | finished)
-            scaled = net.denoise(canvas, cache, soft) / settings.temperature(steps_left, device)
-            step_noise = noise.take() if noise is not None else None
-            outcome = sample_step(scaled, canvas, settings.entropy_bound, generator, noise=step_noise)
+        accepted_fraction = torch.zeros(batch, device=device)
+        mean_entropy = torch.zeros(batch, device=device)
+        rows, rows_cache = live, cache
+        for step, steps_left in enumerate(range(settings.max_denoising_steps, 0, -1), start=1):
+            denoised = ~(converged | finished)
+            passes += denoised
+            if compact and not torch.equal(rows, denoised.nonzero().flatten()):
+                rows = denoised.nonzero().flatten()
+                rows_cache = cache.select(torch.searchsorted(live, rows))
+            scaled = net.denoise(canvas[rows], rows_cache, None if soft is None else soft[rows])
+            scaled = scaled / settings.temperature(steps_left, device)
+            outcome = sample_step(scaled, settings.entropy_bound, randomness, rows.tolist())
             next_soft = net.soft_embedding(_self_conditioning_probabilities(scaled, outcome.probabilities, net.dtype))
             next_argmax, next_canvas = outcome.argmax, outcome.next_canvas
-            if bool(converged.any()) and soft is not None:  # converged rows keep their state
-                next_argmax = torch.where(converged[:, None], argmax, next_argmax)
-                next_canvas = torch.where(converged[:, None], canvas, next_canvas)
-                next_soft = torch.where(converged[:, None, None], soft, next_soft)
-            stable = (history == next_argmax[None]).all(dim=-1).all(dim=0)
+            kept = converged[rows]
+            if bool(kept.any()) and soft is not None:  # converged rows keep their state
+                next_argmax = torch.where(kept[:, None], argmax[rows], next_argmax)
+                next_canvas = torch.where(kept[:, None], canvas[rows], next_canvas)
+                next_soft = torch.where(kept[:, None, None], soft[rows], next_soft)
+            stable = (history[:, rows] == next_argmax[None]).all(dim=-1).all(dim=0)
             if depth:
-                history = torch.roll(history, shifts=-1, dims=0)
-                history[-1] = next_argmax
-            converged |= stable & (outcome.entropy.mean(dim=-1) < settings.confidence_threshold)
-            canvas, argmax, soft = next_canvas, next_argmax, next_soft
-            steps += 1
+                history[:, rows] = torch.cat([history[1:, rows], next_argmax[None]])
+            converged[rows] |= stable & (outcome.entropy.mean(dim=-1) < settings.confidence_threshold)
+            canvas[rows], argmax[rows] = next_canvas, next_argmax
+            if soft is None:
+                soft = torch.zeros(batch, *next_soft.shape[1:], dtype=next_soft.dtype, device=device)
+            soft[rows] = next_soft
+            accepted_fraction[rows] = outcome.accepted.float().mean(dim=-1)
+            mean_entropy[rows] = outcome.entropy.mean(dim=-1)
             last_step = steps_left == 1 or bool(converged.all())
-            if noise is not None and not last_step:
-                noise.prefetch()
+            if not last_step:
+                randomness.prefetch((~converged).nonzero().flatten().tolist() if compact else live.tolist())
             yield DenoiseStep(
                 canvas_index=canvas_index,
-                step=steps,
-                draft=argmax,
-                accepted_fraction=outcome.accepted.float().mean(dim=-1),
-                mean_entropy=outcome.entropy.mean(dim=-1),
+                step=step,
+                draft=argmax.clone(),
+                accepted_fraction=accepted_fraction.clone(),
+                mean_entropy=mean_entropy.clone(),
+                denoised=denoised,
             )
             if last_step:
                 break
         committed, finished = _finalize(argmax.clone(), finished, stop_tokens, pad_token_id)
+        finished |= limits <= canvas_index + 1
         yield CanvasCommitted(
-            canvas_index=canvas_index, tokens=committed, steps=steps, finished=finished, decoder_passes=passes.clone()
+            canvas_index=canvas_index,
+            tokens=committed,
+            steps=passes - passes_before,
+            finished=finished,
+            decoder_passes=passes.clone(),
         )
         if bool(finished.all()):
             return

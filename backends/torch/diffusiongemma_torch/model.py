@@ -9,6 +9,7 @@ softcap.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -213,6 +214,14 @@ class KVCache:
         self.values: list[torch.Tensor | None] = [None] * config.num_layers
         self.length = 0
         self.valid = torch.ones(batch, 0, dtype=torch.bool, device=device)
+
+    def select(self, rows: torch.Tensor) -> KVCache:
+        """A cache of only `rows` (indices into this one's batch), copied."""
+        picked = copy.copy(self)
+        picked.keys = [None if k is None else k[rows] for k in self.keys]
+        picked.values = [None if v is None else v[rows] for v in self.values]
+        picked.valid = self.valid[rows]
+        return picked
 
     def retained_start(self, sliding: bool) -> int:
         """The first absolute position still held by a layer of this kind."""

@@ -10,10 +10,14 @@ Two implementations of one distribution:
 `torch.multinomial(p, 1)` is `argmax(p / Exponential(1) noise)`; the reference sampler draws that noise itself, in the
 same order, so that on a CPU the next step's noise can be drawn in a background thread while the network runs, from
 numpy's copy of the generator's stream (`mt19937`), and only the accepted rows are turned into numbers.
+
+Where the random numbers come from: `SharedRandomness`, one generator for the whole batch (transformers' batch
+semantics), or `RowRandomness`, one per row, so that a row in a batch draws what it would draw alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -22,7 +26,7 @@ import torch
 
 from diffusiongemma_torch import mt19937
 
-__all__ = ["NoiseSource", "StepNoise", "StepOutcome", "sample_step"]
+__all__ = ["NoiseSource", "Randomness", "RowRandomness", "SharedRandomness", "StepNoise", "StepOutcome", "sample_step"]
 
 
 @dataclass
@@ -79,9 +83,85 @@ class NoiseSource:
         return StepNoise(draws=draws, renoise=renoise)
 
 
+class SharedRandomness:
+    """One generator for the whole batch, consumed exactly as transformers' `generate()` consumes it: every row
+    draws at every step, so `rows` must always be all of them."""
+
+    def __init__(self, generator: torch.Generator, batch: int, length: int, vocab: int, *, reference: bool) -> None:
+        self.reference = reference
+        self._generator = generator
+        self._shape = (batch, length)
+        self._vocab = vocab
+        self._noise = NoiseSource(generator, batch, length, vocab) if reference else None
+
+    def new_canvas(self, rows: Sequence[int]) -> torch.Tensor:
+        """Fully noised canvases for `rows`, [len(rows), L]."""
+        return self._uniform()
+
+    def prefetch(self, rows: Sequence[int]) -> None:
+        """`rows` will be denoised once more: draw that step's reference noise ahead."""
+        if self._noise is not None and rows:
+            self._noise.prefetch()
+
+    def draw(self, probabilities: torch.Tensor, accepted: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        """The next canvases of `rows`: accepted positions sampled from `probabilities`, the others renoised."""
+        if self._noise is not None:
+            noise = self._noise.take()
+            flat = accepted.view(-1).nonzero().squeeze(-1)
+            next_canvas = noise.renoise.clone()
+            picked = probabilities.view(-1, self._vocab)[flat] / noise.exponential(flat)
+            next_canvas.view(-1)[flat] = torch.argmax(picked, dim=-1)
+            return next_canvas
+        positions = accepted.nonzero(as_tuple=True)
+        draws = torch.multinomial(probabilities[positions], num_samples=1, generator=self._generator).squeeze(-1)
+        next_canvas = self._uniform()
+        next_canvas[positions] = draws
+        return next_canvas
+
+    def close(self) -> None:
+        if self._noise is not None:
+            self._noise.close()
+
+    def _uniform(self) -> torch.Tensor:
+        return torch.randint(0, self._vocab, self._shape, generator=self._generator, device=self._generator.device)
+
+
+class RowRandomness:
+    """One generator per row, drawn from only while its row is denoised.
+
+    A row so consumes its generator exactly as the same prompt generated alone would, and gets that run's tokens, up
+    to the rounding of batched arithmetic (which can, rarely, flip a sampled token).
+    """
+
+    def __init__(self, generators: Sequence[torch.Generator], length: int, vocab: int, *, reference: bool) -> None:
+        self.reference = reference
+        self._rows = [SharedRandomness(g, 1, length, vocab, reference=reference) for g in generators]
+
+    def new_canvas(self, rows: Sequence[int]) -> torch.Tensor:
+        """Fully noised canvases for `rows`, [len(rows), L]; the other rows draw nothing."""
+        return torch.cat([self._rows[row].new_canvas([0]) for row in rows])
+
+    def prefetch(self, rows: Sequence[int]) -> None:
+        for row in rows:
+            self._rows[row].prefetch([0])
+
+    def draw(self, probabilities: torch.Tensor, accepted: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        """The next canvases of `rows` ([len(rows), L]), each from its row's generator."""
+        return torch.cat(
+            [self._rows[row].draw(probabilities[i : i + 1], accepted[i : i + 1], [0]) for i, row in enumerate(rows)]
+        )
+
+    def close(self) -> None:
+        for row in self._rows:
+            row.close()
+
+
+Randomness = SharedRandomness | RowRandomness
+
+
 @dataclass
 class StepOutcome:
-    """One denoising step's result for every row."""
+    """One denoising step's result for the rows it sampled."""
 
     next_canvas: torch.Tensor  # [B, L] the canvas the next step reads
     argmax: torch.Tensor  # [B, L] argmax of the temperature-scaled logits: the draft, and what a commit keeps
@@ -91,38 +171,23 @@ class StepOutcome:
 
 
 def sample_step(
-    scaled_logits: torch.Tensor,
-    canvas: torch.Tensor,
-    entropy_bound: float,
-    generator: torch.Generator,
-    *,
-    noise: StepNoise | None = None,
+    scaled_logits: torch.Tensor, entropy_bound: float, randomness: Randomness, rows: Sequence[int] | None = None
 ) -> StepOutcome:
     """Accept the lowest-entropy positions within `entropy_bound`, sample them, renoise the others.
 
-    With `noise` (the reference sampler) accepted positions take `argmax(p / noise)`, which is the token `multinomial`
-    draws with that noise; without, accepted positions are sampled from `generator`.
+    `scaled_logits` are those of the batch rows `rows` (default: the whole batch), whose random numbers they draw.
+    The reference sampler takes `argmax(p / noise)` at accepted positions, which is the token `multinomial` draws
+    with that noise.
     """
-    batch, length, vocab = scaled_logits.shape
     probabilities = torch.softmax(scaled_logits, dim=-1, dtype=torch.float32)
-    if noise is not None:
+    if randomness.reference:
         entropy = _categorical_entropy(scaled_logits)
     else:
         entropy = torch.logsumexp(scaled_logits, dim=-1) - (probabilities * scaled_logits).sum(dim=-1)
-    argmax = torch.argmax(scaled_logits, dim=-1)
     accepted = _entropy_bound_mask(entropy, entropy_bound)
-    if noise is not None:
-        rows = accepted.view(-1).nonzero().squeeze(-1)
-        next_canvas = noise.renoise.clone()
-        next_canvas.view(-1)[rows] = torch.argmax(probabilities.view(-1, vocab)[rows] / noise.exponential(rows), dim=-1)
-    else:
-        positions = accepted.nonzero(as_tuple=True)
-        draws = torch.multinomial(probabilities[positions], num_samples=1, generator=generator).squeeze(-1)
-        next_canvas = torch.randint(0, vocab, (batch, length), generator=generator, device=canvas.device)
-        next_canvas[positions] = draws
     return StepOutcome(
-        next_canvas=next_canvas,
-        argmax=argmax,
+        next_canvas=randomness.draw(probabilities, accepted, range(accepted.shape[0]) if rows is None else rows),
+        argmax=torch.argmax(scaled_logits, dim=-1),
         accepted=accepted,
         entropy=entropy,
         probabilities=probabilities,
