@@ -22,7 +22,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy diffusiongemma_sdk
+	$(BIN)/mypy diffusiongemma_sdk backends/torch/diffusiongemma_torch backends/gguf/diffusiongemma_gguf integrations/langchain/langchain_diffusiongemma
 
 unit: install
 	$(BIN)/pytest

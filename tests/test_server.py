@@ -593,8 +593,8 @@ async def test_client_disconnect_mid_stream_stops_the_torch_generation(torch_ser
             if line.startswith(": denoise_step"):
                 break  # leaving the block closes the connection mid-stream
     # a canvas that never converges is denoised until the disconnect reaches the engine
-    await wait_until(lambda: backend._running is None, timeout=30)
-    assert backend._worker.borrowed_tokens == 0
+    await wait_until(lambda: backend._scheduler.running is None, timeout=30)
+    assert backend._scheduler.worker.borrowed_tokens == 0
     async with openai_client(torch_server) as client:  # and the engine serves the next request
         answer = await client.chat.completions.create(
             model=torch_server.model, messages=user("q"), max_tokens=8, extra_body={"diffusion": {"t_max": 2.0}}

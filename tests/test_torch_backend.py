@@ -27,10 +27,11 @@ from diffusiongemma_sdk import (
 )
 from diffusiongemma_sdk.gemma4 import parse_gemma4
 from diffusiongemma_torch import checkpoint as checkpoint_module
-from diffusiongemma_torch.backend import TorchBackend, _Run
+from diffusiongemma_torch.backend import TorchBackend
 from diffusiongemma_torch.chat import ChatFormat
 from diffusiongemma_torch.demo import DEMO_DIR
 from diffusiongemma_torch.engine import CanvasCommitted
+from diffusiongemma_torch.progress import RequestProgress
 from tests.support.tiny_checkpoint import TinySpec, build_tiny_checkpoint, stop_token_ids
 
 pytestmark = pytest.mark.anyio
@@ -246,7 +247,7 @@ async def test_cancelling_stops_within_one_step_and_frees_the_engine(slow: Path)
         stopped_after = time.perf_counter() - cancelled_at
         assert seen == 2
         assert stopped_after < 2 * one_step + 0.5
-        assert backend._worker.borrowed_tokens == 0
+        assert backend._scheduler.worker.borrowed_tokens == 0
         with anyio.fail_after(5 * one_step + 5):  # the engine is free for the next request at once
             assert (await client.generate("q", seed=0, max_tokens=16, diffusion={"max_denoising_steps": 1})).usage
 
@@ -306,7 +307,7 @@ def test_pad_tokens_before_the_stop_are_counted_but_not_shown() -> None:
     assert pad is not None
     assert stop is not None
     answer = [*chat.encode("4 9"), pad, pad, *chat.encode(" 17"), stop]
-    run = _Run(
+    run = RequestProgress(
         backend="torch:demo", chat=chat, prompt_tokens=5, max_tokens=64, stop_tokens={stop},
         stop_strings=[], pad_token_id=pad,
     )  # fmt: skip

@@ -15,14 +15,15 @@ import torch
 pytest.importorskip("transformers")
 
 from diffusiongemma_sdk import AsyncDiffusionGemma, DenoiseStepEvent, DoneEvent, Generation, Message
-from diffusiongemma_torch import backend as torch_backend
 from diffusiongemma_torch import checkpoint as checkpoint_module
+from diffusiongemma_torch import scheduler as scheduler_module
 from diffusiongemma_torch.backend import TorchBackend
 from diffusiongemma_torch.chat import ChatFormat
 from diffusiongemma_torch.checkpoint import load_checkpoint
 from diffusiongemma_torch.demo import DEMO_DIR
 from diffusiongemma_torch.demo.tasks import add
 from diffusiongemma_torch.engine import CanvasCommitted, DenoiseStep, generate_canvases
+from diffusiongemma_torch.scheduler import Batch, Scheduler
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
@@ -104,7 +105,7 @@ def recording_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         sizes.append(prompt.shape[0])
         return generate_canvases(net, prompt, *args, **kwargs)
 
-    monkeypatch.setattr(torch_backend, "generate_canvases", recorded)
+    monkeypatch.setattr(scheduler_module, "generate_canvases", recorded)
     return sizes
 
 
@@ -115,10 +116,10 @@ async def solo_answers(**request: Any) -> list[Generation]:
 
 async def run_together(backend: TorchBackend, jobs: list[Callable[[], Awaitable[None]]]) -> None:
     """Start the jobs while the engine is held, so that all of them are waiting when it frees."""
-    async with anyio.create_task_group() as group, backend._engine:
+    async with anyio.create_task_group() as group, backend._scheduler.engine:
         for job in jobs:
             group.start_soon(job)
-        await wait_until(lambda: len(backend._waiting) == len(jobs), timeout=30)
+        await wait_until(lambda: len(backend._scheduler.waiting) == len(jobs), timeout=30)
 
 
 def same_generation(got: Generation | None, want: Generation) -> None:
@@ -177,7 +178,7 @@ async def test_a_stream_in_a_batch_sees_its_own_steps_and_a_reader_leaving_holds
             return job
 
         await run_together(backend, [read(i) for i in range(len(PROMPTS))])
-        assert backend._running is None  # the engine is free
+        assert backend._scheduler.running is None  # the engine is free
         assert sizes == [len(PROMPTS)]
         assert sorted(streamed) == [1, 2, 3]
         for i, (drafts, generation) in streamed.items():
@@ -205,7 +206,7 @@ async def test_requests_with_different_diffusion_settings_run_in_separate_batche
 
 async def test_a_batch_takes_only_the_requests_that_fit_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     sizes = recording_batches(monkeypatch)
-    monkeypatch.setattr(torch_backend, "batch_fits", lambda config, tokens, batch, dtype, device: batch <= 2)
+    monkeypatch.setattr(scheduler_module, "batch_fits", lambda config, tokens, batch, dtype, device: batch <= 2)
     async with AsyncDiffusionGemma("torch:demo", backend_options={"max_batch": 8}) as client:
         assert isinstance(client.backend, TorchBackend)
 
@@ -238,20 +239,20 @@ async def test_a_request_cancelled_by_asyncio_inside_a_step_loses_nothing_for_th
     loop = asyncio.get_running_loop()
     in_step = asyncio.Event()
     stepper: list[asyncio.Task[Any] | None] = []  # the task behind each step
-    original_step, original_batch_step = TorchBackend._step, torch_backend._Batch.step
+    original_step, original_batch_step = Scheduler._step, Batch.step
 
-    async def traced_step(self: TorchBackend, batch: Any) -> None:
+    async def traced_step(self: Scheduler, batch: Batch) -> None:
         stepper.append(asyncio.current_task())
         await original_step(self, batch)
 
-    def slow_step(self: Any, every: int) -> Any:
+    def slow_step(self: Batch, every: int) -> None:
         if len(stepper) == 1:  # the batch's first step, in which every row gets a draft
             loop.call_soon_threadsafe(in_step.set)
             time.sleep(0.3)  # the cancellation lands while the worker thread runs the step
-        return original_batch_step(self, every)
+        original_batch_step(self, every)
 
-    monkeypatch.setattr(TorchBackend, "_step", traced_step)
-    monkeypatch.setattr(torch_backend._Batch, "step", slow_step)
+    monkeypatch.setattr(Scheduler, "_step", traced_step)
+    monkeypatch.setattr(Batch, "step", slow_step)
     async with AsyncDiffusionGemma("torch:demo", backend_options={"max_batch": 4}) as client:
         backend = client.backend
         assert isinstance(backend, TorchBackend)
@@ -265,15 +266,15 @@ async def test_a_request_cancelled_by_asyncio_inside_a_step_loses_nothing_for_th
                         return drafts, event.generation
             raise AssertionError("no done event")
 
-        async with backend._engine:
+        async with backend._scheduler.engine:
             tasks = [asyncio.ensure_future(read(i)) for i in range(len(PROMPTS))]
-            await wait_until(lambda: len(backend._waiting) == len(PROMPTS), timeout=30)
+            await wait_until(lambda: len(backend._scheduler.waiting) == len(PROMPTS), timeout=30)
         await in_step.wait()
         cancelled = stepper[0]
         assert cancelled in tasks
         cancelled.cancel()
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-        await wait_until(lambda: backend._running is None, timeout=30)
+        await wait_until(lambda: backend._scheduler.running is None, timeout=30)
     for task, outcome, want in zip(tasks, outcomes, expected, strict=True):
         if task is cancelled:
             assert isinstance(outcome, asyncio.CancelledError)

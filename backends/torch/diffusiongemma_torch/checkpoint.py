@@ -30,6 +30,7 @@ _DECODER = "model.decoder."
 _ENCODER_SCALAR = "model.encoder.language_model.layers."
 _SKIPPED = ("model.encoder.", "lm_head.")  # vision tower, tied encoder copies, tied head
 _DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _WORKSPACE_COPIES = 6  # logits, probabilities, noise and entropy buffers of one canvas, fp32
 
 
@@ -64,13 +65,13 @@ def resolve_checkpoint_dir(target: str) -> Path:
 def default_device_and_dtype(device: str | None, dtype: str | torch.dtype | None) -> tuple[torch.device, torch.dtype]:
     """CUDA bf16 when a GPU is present, else CPU fp32; either can be overridden."""
     chosen = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(dtype, str):
-        if dtype not in ("float32", "bfloat16", "float16"):
-            raise ConfigurationError(f"dtype must be float32, bfloat16 or float16, not {dtype!r}")
-        dtype = getattr(torch, dtype)
     if dtype is None:
-        dtype = torch.bfloat16 if chosen.type == "cuda" else torch.float32
-    return chosen, dtype
+        return chosen, torch.bfloat16 if chosen.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return chosen, dtype
+    if dtype not in _DTYPES:
+        raise ConfigurationError(f"dtype must be float32, bfloat16 or float16, not {dtype!r}")
+    return chosen, _DTYPES[dtype]
 
 
 def estimate_bytes(directory: Path, config: TextConfig, dtype: torch.dtype, batch: int = 1) -> int:

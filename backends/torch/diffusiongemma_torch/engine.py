@@ -76,14 +76,17 @@ def generate_canvases(
     limits = torch.as_tensor(max_canvases, device=device).expand(batch)
     try:
         cache = net.new_cache(batch)
-        for start in range(0, prompt.shape[1], PREFILL_CHUNK):
-            chunk = slice(start, start + PREFILL_CHUNK)
-            net.encode(prompt[:, chunk], cache, None if prompt_valid is None else prompt_valid[:, chunk])
-        yield from _canvases(
-            net, cache, settings, randomness, limits, torch.tensor(stop_token_ids, device=device), pad_token_id
-        )
+        _prefill(net, cache, prompt, prompt_valid)
+        stops = torch.tensor(stop_token_ids, device=device)
+        yield from _canvases(net, cache, settings, randomness, limits, stops, pad_token_id)
     finally:
         randomness.close()
+
+
+def _prefill(net: DiffusionGemmaTextNet, cache: KVCache, prompt: torch.Tensor, valid: torch.Tensor | None) -> None:
+    for start in range(0, prompt.shape[1], PREFILL_CHUNK):
+        chunk = slice(start, start + PREFILL_CHUNK)
+        net.encode(prompt[:, chunk], cache, None if valid is None else valid[:, chunk])
 
 
 def _canvases(
@@ -95,73 +98,24 @@ def _canvases(
     stop_tokens: torch.Tensor,
     pad_token_id: int,
 ) -> Iterator[DenoiseStep | CanvasCommitted]:
-    batch, device = limits.shape[0], limits.device
-    length = net.config.canvas_length
+    device = limits.device
     # with a generator per row, only the rows still being denoised are computed; a shared stream draws for all rows
     # until every one has converged, as the reference does
     compact = isinstance(randomness, RowRandomness)
     finished = limits <= 0
-    passes = torch.zeros(batch, dtype=torch.int64, device=device)
-    live = torch.arange(batch, device=device)  # the batch rows `cache` holds, in its order
+    passes = torch.zeros(len(limits), dtype=torch.int64, device=device)
+    live = torch.arange(len(limits), device=device)  # the batch rows `cache` holds, in its order
     committed: torch.Tensor | None = None
-    for canvas_index in range(int(limits.max())):
+    canvas_index = 0
+    while True:
         if compact and bool(finished[live].any()):  # finished rows leave the cache for good
             kept = (~finished[live]).nonzero().flatten()
             cache, live = cache.select(kept), live[kept]
         if committed is not None:
-            net.encode(committed if len(live) == batch else committed[live], cache)
-        canvas = torch.zeros(batch, length, dtype=torch.long, device=device)
-        canvas[live] = randomness.new_canvas(live.tolist())
-        randomness.prefetch(live.tolist())  # drawn while the first denoising pass runs
-        argmax, soft = canvas.clone(), None
-        converged = finished.clone() if compact else torch.zeros_like(finished)
+            net.encode(committed if len(live) == len(committed) else committed[live], cache)
         passes_before = passes.clone()
-        # a canvas is never stable for more steps than it gets, so a longer history would change nothing
-        depth = min(settings.stability_threshold, settings.max_denoising_steps)
-        history = torch.full((depth, batch, length), -1, dtype=torch.long, device=device)
-        accepted_fraction = torch.zeros(batch, device=device)
-        mean_entropy = torch.zeros(batch, device=device)
-        rows, rows_cache = live, cache
-        for step, steps_left in enumerate(range(settings.max_denoising_steps, 0, -1), start=1):
-            denoised = ~(converged | finished)
-            passes += denoised
-            if compact and not torch.equal(rows, denoised.nonzero().flatten()):
-                rows = denoised.nonzero().flatten()
-                rows_cache = cache.select(torch.searchsorted(live, rows))
-            scaled = net.denoise(canvas[rows], rows_cache, None if soft is None else soft[rows])
-            scaled = scaled / settings.temperature(steps_left, device)
-            outcome = sample_step(scaled, settings.entropy_bound, randomness, rows.tolist())
-            next_soft = net.soft_embedding(_self_conditioning_probabilities(scaled, outcome.probabilities, net.dtype))
-            next_argmax, next_canvas = outcome.argmax, outcome.next_canvas
-            kept = converged[rows]
-            if bool(kept.any()) and soft is not None:  # converged rows keep their state
-                next_argmax = torch.where(kept[:, None], argmax[rows], next_argmax)
-                next_canvas = torch.where(kept[:, None], canvas[rows], next_canvas)
-                next_soft = torch.where(kept[:, None, None], soft[rows], next_soft)
-            stable = (history[:, rows] == next_argmax[None]).all(dim=-1).all(dim=0)
-            if depth:
-                history[:, rows] = torch.cat([history[1:, rows], next_argmax[None]])
-            converged[rows] |= stable & (outcome.entropy.mean(dim=-1) < settings.confidence_threshold)
-            canvas[rows], argmax[rows] = next_canvas, next_argmax
-            if soft is None:
-                soft = torch.zeros(batch, *next_soft.shape[1:], dtype=next_soft.dtype, device=device)
-            soft[rows] = next_soft
-            accepted_fraction[rows] = outcome.accepted.float().mean(dim=-1)
-            mean_entropy[rows] = outcome.entropy.mean(dim=-1)
-            last_step = steps_left == 1 or bool(converged.all())
-            if not last_step:
-                randomness.prefetch((~converged).nonzero().flatten().tolist() if compact else live.tolist())
-            yield DenoiseStep(
-                canvas_index=canvas_index,
-                step=step,
-                draft=argmax.clone(),
-                accepted_fraction=accepted_fraction.clone(),
-                mean_entropy=mean_entropy.clone(),
-                denoised=denoised,
-            )
-            if last_step:
-                break
-        committed, finished = _finalize(argmax.clone(), finished, stop_tokens, pad_token_id)
+        argmax = yield from _denoise_canvas(net, cache, settings, randomness, canvas_index, live, finished, passes)
+        committed, finished = _finalize(argmax, finished, stop_tokens, pad_token_id)
         finished |= limits <= canvas_index + 1
         yield CanvasCommitted(
             canvas_index=canvas_index,
@@ -172,6 +126,77 @@ def _canvases(
         )
         if bool(finished.all()):
             return
+        canvas_index += 1
+
+
+def _denoise_canvas(
+    net: DiffusionGemmaTextNet,
+    cache: KVCache,
+    settings: SamplerSettings,
+    randomness: Randomness,
+    canvas_index: int,
+    live: torch.Tensor,
+    finished: torch.Tensor,
+    passes: torch.Tensor,
+) -> Generator[DenoiseStep, None, torch.Tensor]:
+    """Denoise one canvas until every row has converged or the steps run out; returns the argmax canvas.
+
+    `passes` counts each row's denoising passes, in place.
+    """
+    batch, device = len(finished), finished.device
+    length = net.config.canvas_length
+    compact = isinstance(randomness, RowRandomness)
+    canvas = torch.zeros(batch, length, dtype=torch.long, device=device)
+    canvas[live] = randomness.new_canvas(live.tolist())
+    randomness.prefetch(live.tolist())  # drawn while the first denoising pass runs
+    argmax, soft = canvas.clone(), None
+    converged = finished.clone() if compact else torch.zeros_like(finished)
+    # a canvas is never stable for more steps than it gets, so a longer history would change nothing
+    depth = min(settings.stability_threshold, settings.max_denoising_steps)
+    history = torch.full((depth, batch, length), -1, dtype=torch.long, device=device)
+    accepted_fraction = torch.zeros(batch, device=device)
+    mean_entropy = torch.zeros(batch, device=device)
+    rows, rows_cache = live, cache
+    for step, steps_left in enumerate(range(settings.max_denoising_steps, 0, -1), start=1):
+        denoised = ~(converged | finished)
+        passes += denoised
+        if compact and not torch.equal(rows, denoised.nonzero().flatten()):
+            rows = denoised.nonzero().flatten()
+            rows_cache = cache.select(torch.searchsorted(live, rows))
+        scaled = net.denoise(canvas[rows], rows_cache, None if soft is None else soft[rows])
+        scaled = scaled / settings.temperature(steps_left, device)
+        outcome = sample_step(scaled, settings.entropy_bound, randomness, rows.tolist())
+        next_soft = net.soft_embedding(_self_conditioning_probabilities(scaled, outcome.probabilities, net.dtype))
+        next_argmax, next_canvas = outcome.argmax, outcome.next_canvas
+        kept = converged[rows]
+        if bool(kept.any()) and soft is not None:  # converged rows keep their state
+            next_argmax = torch.where(kept[:, None], argmax[rows], next_argmax)
+            next_canvas = torch.where(kept[:, None], canvas[rows], next_canvas)
+            next_soft = torch.where(kept[:, None, None], soft[rows], next_soft)
+        stable = (history[:, rows] == next_argmax[None]).all(dim=-1).all(dim=0)
+        if depth:
+            history[:, rows] = torch.cat([history[1:, rows], next_argmax[None]])
+        converged[rows] |= stable & (outcome.entropy.mean(dim=-1) < settings.confidence_threshold)
+        canvas[rows], argmax[rows] = next_canvas, next_argmax
+        if soft is None:
+            soft = torch.zeros(batch, *next_soft.shape[1:], dtype=next_soft.dtype, device=device)
+        soft[rows] = next_soft
+        accepted_fraction[rows] = outcome.accepted.float().mean(dim=-1)
+        mean_entropy[rows] = outcome.entropy.mean(dim=-1)
+        last_step = steps_left == 1 or bool(converged.all())
+        if not last_step:
+            randomness.prefetch((~converged).nonzero().flatten().tolist() if compact else live.tolist())
+        yield DenoiseStep(
+            canvas_index=canvas_index,
+            step=step,
+            draft=argmax.clone(),
+            accepted_fraction=accepted_fraction.clone(),
+            mean_entropy=mean_entropy.clone(),
+            denoised=denoised,
+        )
+        if last_step:
+            break
+    return argmax
 
 
 def _self_conditioning_probabilities(

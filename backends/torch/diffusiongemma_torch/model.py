@@ -10,7 +10,8 @@ softcap.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +90,8 @@ class Attention(nn.Module):
                 k = k.repeat_interleave(self.groups, dim=1)
                 v = v.repeat_interleave(self.groups, dim=1)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=1.0)
-        return self.o_proj(out.transpose(1, 2).reshape(*q.shape[:1], q.shape[2], -1))
+        projected: torch.Tensor = self.o_proj(out.transpose(1, 2).reshape(*q.shape[:1], q.shape[2], -1))
+        return projected
 
 
 class MLP(nn.Module):
@@ -100,7 +102,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(gelu_tanh(self.gate_proj(x)) * self.up_proj(x))
+        out: torch.Tensor = self.down_proj(gelu_tanh(self.gate_proj(x)) * self.up_proj(x))
+        return out
 
 
 class SelfConditioning(MLP):
@@ -175,16 +178,13 @@ class Layer(nn.Module):
         self.mlp = MLP(hidden, config.intermediate_size)
         self.router = Router(config)
         self.experts = Experts(config)
-        for name in (
-            "input_layernorm",
-            "post_attention_layernorm",
-            "pre_feedforward_layernorm",
-            "post_feedforward_layernorm",
-            "post_feedforward_layernorm_1",
-            "post_feedforward_layernorm_2",
-            "pre_feedforward_layernorm_2",
-        ):
-            self.add_module(name, Norm(hidden))
+        self.input_layernorm = Norm(hidden)
+        self.post_attention_layernorm = Norm(hidden)
+        self.pre_feedforward_layernorm = Norm(hidden)
+        self.post_feedforward_layernorm = Norm(hidden)
+        self.post_feedforward_layernorm_1 = Norm(hidden)
+        self.post_feedforward_layernorm_2 = Norm(hidden)
+        self.pre_feedforward_layernorm_2 = Norm(hidden)
         self.layer_scalar = nn.Parameter(torch.ones(1), requires_grad=False)  # the decoder's
         self.encoder_layer_scalar = nn.Parameter(torch.ones(1), requires_grad=False)
 
@@ -304,7 +304,7 @@ class DiffusionGemmaTextNet(nn.Module):
         self,
         x: torch.Tensor,
         positions: torch.Tensor,
-        masks: dict[bool, torch.Tensor | None],
+        masks: Mapping[bool, torch.Tensor | None],
         keys_values: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
         *,
         causal: bool,
@@ -313,8 +313,8 @@ class DiffusionGemmaTextNet(nn.Module):
         """The shared body: `keys_values` decides what each layer attends over (and whether it is stored)."""
         eps = self.config.rms_norm_eps
         rope = self._rope(positions, x.dtype)
-        for index, layer in enumerate(self.layers):
-            attention: Attention = layer.self_attn
+        for index, layer in enumerate(cast("Iterable[Layer]", self.layers)):
+            attention = layer.self_attn
             cos, sin = rope[self.config.layer_types[index]]
             q, k, v = attention.project(rms_norm(x, layer.input_layernorm.weight, eps), cos, sin, eps)
             k, v = keys_values(index, k, v)
