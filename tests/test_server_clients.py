@@ -13,6 +13,7 @@ it turns into a plain check as soon as the model answers right.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -230,3 +231,49 @@ async def test_sdk_client_sorts_calls_tools_and_thinks(demo_server: ServeCommand
     right((reference.sort.text, reference.thought.text), ("4 9 17", "4 9 17"), "sorts 17 4 9 as")
     right(calls_of(reference.call), [("add", {"a": 12, "b": 30})], "answers 'What is 12 + 30?' with the call")
     right(reference.answer.text, "42", "answers the tool's 42 with")
+
+
+# --- a batching server ----------------------------------------------------------------------------------------------
+
+
+async def test_concurrent_openai_requests_to_a_batching_server_each_get_the_engine_answer(
+    reference: Reference,
+) -> None:
+    """`serve -o max_batch=4`: requests sent at once (plain, streamed, thinking, tool call) are denoised together
+    as they arrive, and each answer is still exactly the engine's own for its prompt and seed."""
+    with serve_command("torch:demo", options=["-o", "max_batch=4"]) as server:
+        async with openai_client(server) as client:
+            models = await client.models.list()
+            assert (models.data[0].model_extra or {})["capabilities"]["max_concurrency"] == 4
+            user = [{"role": "user", "content": SORT}]
+
+            async def streamed() -> str:
+                stream = await client.chat.completions.create(
+                    model=server.model,
+                    messages=user,
+                    seed=SEED,
+                    stream=True,
+                )
+                return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices]).strip()
+
+            plain, thought, call, text = await asyncio.gather(
+                client.chat.completions.create(model=server.model, messages=user, seed=SEED),
+                client.chat.completions.create(
+                    model=server.model,
+                    messages=user,
+                    seed=SEED,
+                    extra_body={"chat_template_kwargs": {"enable_thinking": True}},
+                ),
+                client.chat.completions.create(
+                    model=server.model,
+                    messages=[{"role": "user", "content": ADD}],
+                    tools=[ADD_TOOL],
+                    seed=SEED,
+                ),
+                streamed(),
+            )
+    assert plain.choices[0].message.content == text == reference.sort.text
+    assert thought.choices[0].message.content == reference.thought.text
+    assert (thought.choices[0].message.model_extra or {})["reasoning"] == reference.thought.reasoning
+    [made] = call.choices[0].message.tool_calls or []
+    assert [(made.function.name, json.loads(made.function.arguments))] == calls_of(reference.call)
