@@ -18,6 +18,7 @@ from diffusiongemma_torch.model import DiffusionGemmaTextNet
 __all__ = [
     "Checkpoint",
     "batch_fits",
+    "cache_bytes",
     "check_request_memory",
     "default_device_and_dtype",
     "estimate_bytes",
@@ -81,17 +82,34 @@ def estimate_bytes(directory: Path, config: TextConfig, dtype: torch.dtype, batc
     return parameters * _DTYPE_BYTES[dtype] + workspace
 
 
+def cache_bytes(config: TextConfig, tokens: int, dtype: torch.dtype) -> int:
+    """The KV cache of one request with `tokens` of context (sliding layers keep their window)."""
+    return sum(_layer_cache_elements(config, tokens)) * _DTYPE_BYTES[dtype]
+
+
 def request_bytes(config: TextConfig, tokens: int, dtype: torch.dtype, prefill_chunk: int) -> int:
     """Memory one request adds to the loaded weights for `tokens` of context (prompt and answer).
 
-    The KV cache (sliding layers keep their window) and the prefill's two boolean attention masks of a chunk against
-    the context. Attention scores are not counted: whether they are materialized depends on the attention kernel.
+    Its KV cache; the largest transient of one layer's attention: that layer's keys and values copied once (the cache
+    and the new tokens joined) and once per query head when they are expanded for SDPA (every masked pass, and
+    unmasked ones on layers whose head dim is over 256); the prefill's two boolean masks of a chunk against the
+    context, and the additive copy SDPA makes of one. SDPA does not materialize the attention scores (measured on
+    CPU, torch 2.13: a 1,024 x 32,768 masked pass over 8 heads grew the peak by 135 MB, the float mask, not the
+    1 GiB of scores).
     """
-    cached = sum(
+    size = _DTYPE_BYTES[dtype]
+    layers = _layer_cache_elements(config, tokens)
+    groups = [config.num_heads // kv_heads for kv_heads in config.kv_heads]
+    transient = max(elements * (1 + group if group > 1 else 1) for elements, group in zip(layers, groups, strict=True))
+    chunk = min(tokens, prefill_chunk)
+    return (sum(layers) + transient) * size + chunk * tokens * (2 + size)
+
+
+def _layer_cache_elements(config: TextConfig, tokens: int) -> list[int]:
+    return [
         2 * heads * head_dim * (min(tokens, config.sliding_window - 1) if sliding else tokens)
         for sliding, head_dim, heads in zip(config.sliding, config.head_dims, config.kv_heads, strict=True)
-    )
-    return cached * _DTYPE_BYTES[dtype] + 2 * min(tokens, prefill_chunk) * tokens
+    ]
 
 
 def batch_fits(config: TextConfig, tokens: int, batch: int, dtype: torch.dtype, device: torch.device) -> bool:
