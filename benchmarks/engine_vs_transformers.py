@@ -1,9 +1,11 @@
 """diffusiongemma-torch's engine vs transformers' `generate()` on the same random weights and settings.
 
 Both run the reference sampler from the same seed and must produce identical tokens (asserted). Prints wall time per
-canvas, denoising steps/s and tokens/s for each, and the ratio, measured in this one run.
+canvas, denoising steps/s and tokens/s for each, and the ratio, measured in this one run. With `--batch N`, N prompts
+go through both at once; the engine also runs them as the torch backend batches requests, with a generator per row.
 
     .venv/bin/python benchmarks/engine_vs_transformers.py                   # CPU fp32, mid-size config
+    .venv/bin/python benchmarks/engine_vs_transformers.py --batch 8
     .venv/bin/python benchmarks/engine_vs_transformers.py --device cuda --dtype bfloat16
 """
 
@@ -57,7 +59,7 @@ def run_transformers(directory: Path, prompt: torch.Tensor, args: argparse.Names
 
 
 def run_engine(
-    directory: Path, prompt: torch.Tensor, args: argparse.Namespace, *, reference: bool = True
+    directory: Path, prompt: torch.Tensor, args: argparse.Namespace, *, reference: bool = True, per_row: bool = False
 ) -> tuple[torch.Tensor, float]:
     net = load_checkpoint(str(directory), device=args.device, dtype=args.dtype).net
     settings = SamplerSettings(
@@ -66,7 +68,8 @@ def run_engine(
     )  # fmt: skip
 
     def generate(seed: int, canvases: int, steps_settings: SamplerSettings) -> torch.Tensor:
-        generator = torch.Generator(device=args.device).manual_seed(seed)
+        generators = [torch.Generator(device=args.device).manual_seed(seed + row) for row in range(len(prompt))]
+        generator = generators if per_row else generators[0]
         out = [prompt]
         for report in generate_canvases(
             net, prompt, steps_settings, max_canvases=canvases, stop_token_ids=(1,), pad_token_id=0,
@@ -103,37 +106,45 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="denoising steps per canvas (random weights use all)")
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=1, help="prompts generated together")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
         directory = Path(folder)
         build(directory, args)
-        prompt = torch.randint(3, args.vocab, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(1))
+        shape = (args.batch, args.prompt_tokens)
+        prompt = torch.randint(3, args.vocab, shape, generator=torch.Generator().manual_seed(1))
         prompt = prompt.to(args.device)
         theirs, their_time = run_transformers(directory, prompt, args)
         ours, our_time = run_engine(directory, prompt, args)
         _, default_time = run_engine(directory, prompt, args, reference=False)
+        _, per_row_time = run_engine(directory, prompt, args, reference=False, per_row=True)
     assert torch.equal(theirs, ours), "the engine's tokens differ from transformers' generate()"
 
     steps = args.canvases * args.steps
-    tokens = args.canvases * args.canvas
+    tokens = args.batch * args.canvases * args.canvas
     print(
-        f"config: hidden {args.hidden}, 4 layers (1 full), vocab {args.vocab}, {args.experts} experts "
-        f"top-{args.top_k}, canvas {args.canvas}, {args.canvases} canvases x {args.steps} steps, {args.device} "
-        f"{args.dtype}, torch {torch.__version__}; reference outputs identical"
+        f"config: batch {args.batch}, hidden {args.hidden}, 4 layers (1 full), vocab {args.vocab}, "
+        f"{args.experts} experts top-{args.top_k}, canvas {args.canvas}, "
+        f"{args.canvases} canvases x {args.steps} steps, {args.device} {args.dtype}, "
+        f"torch {torch.__version__}; reference outputs identical"
     )
     print(f"{'implementation':<44}{'s/canvas':>10}{'steps/s':>10}{'tokens/s':>10}{'ratio':>8}")
     rows = (
         ("transformers generate()", their_time),
         ("diffusiongemma-torch, sampler=reference", our_time),
         ("diffusiongemma-torch, sampler=default", default_time),
+        ("diffusiongemma-torch, per-row generators", per_row_time),
     )
     for name, seconds in rows:
         print(
             f"{name:<44}{seconds / args.canvases:>10.3f}{steps / seconds:>10.2f}{tokens / seconds:>10.1f}"
             f"{their_time / seconds:>7.2f}x"
         )
-    print("(reference: tokens identical to transformers; default: the same distribution, other random draws)")
+    print(
+        "(reference: tokens identical to transformers; default: the same distribution, other random draws; "
+        "per-row generators: as the torch backend batches requests)"
+    )
 
 
 if __name__ == "__main__":
