@@ -14,7 +14,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from diffusiongemma_sdk import AsyncDiffusionGemma, DenoiseStepEvent, DoneEvent, Generation, Message
+from diffusiongemma_sdk import AsyncDiffusionGemma, CanvasEvent, DenoiseStepEvent, DoneEvent, Generation, Message
 from diffusiongemma_torch import checkpoint as checkpoint_module
 from diffusiongemma_torch import scheduler as scheduler_module
 from diffusiongemma_torch.backend import TorchBackend
@@ -23,6 +23,7 @@ from diffusiongemma_torch.checkpoint import load_checkpoint
 from diffusiongemma_torch.demo import DEMO_DIR
 from diffusiongemma_torch.demo.tasks import add
 from diffusiongemma_torch.engine import CanvasCommitted, DenoiseStep, generate_canvases
+from diffusiongemma_torch.progress import RequestProgress
 from diffusiongemma_torch.scheduler import Batch, Scheduler
 from tests.support.waiting import wait_until
 
@@ -283,3 +284,41 @@ async def test_a_request_cancelled_by_asyncio_inside_a_step_loses_nothing_for_th
         drafts, generation = outcome
         same_generation(generation, want)
         assert drafts == generation.usage.denoising_steps
+
+
+async def test_a_reader_never_sees_its_request_finished_before_its_last_events(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker thread writes a request's progress while the event loop reads it. A slow reader that looks just as
+    its last canvas is being handled (by a step another request drives) still gets that canvas's event first."""
+    original_handle = RequestProgress.handle
+
+    def slow_final_handle(self: RequestProgress, *args: Any, **kwargs: Any) -> Any:
+        events = original_handle(self, *args, **kwargs)
+        if self.complete:
+            time.sleep(0.3)  # the window between the progress being complete and its events being handed out
+        return events
+
+    monkeypatch.setattr(RequestProgress, "handle", slow_final_handle)
+    never_settles = {"max_denoising_steps": 3, "t_max": 2.0}  # every row takes every step: one clock for both
+    async with AsyncDiffusionGemma("torch:demo", backend_options={"max_batch": 2}) as client:
+        backend = client.backend
+        assert isinstance(backend, TorchBackend)
+        seen: dict[str, tuple[int, int]] = {}
+
+        def read(name: str, max_tokens: int, pause: float) -> Callable[[], Awaitable[None]]:
+            async def job() -> None:
+                canvases = 0
+                async with client.stream(PROMPTS[1], seed=1, max_tokens=max_tokens, diffusion=never_settles) as s:
+                    async for event in s:
+                        canvases += isinstance(event, CanvasEvent)
+                        if isinstance(event, DoneEvent):
+                            seen[name] = (canvases, event.generation.usage.canvases or 0)
+                        await anyio.sleep(pause)
+
+            return job
+
+        # row 0 reads slowly and ends after one canvas; row 1 reads at once, so it drives the steps
+        await run_together(backend, [read("slow", 32, 0.1), read("fast", 64, 0)])
+    assert seen["slow"] == (1, 1)  # its canvas event came before the end
+    assert seen["fast"][0] == seen["fast"][1] >= 1

@@ -104,7 +104,7 @@ class TorchBackend(Backend):
                     yield job.pending.popleft()
                 if job.batch is not None and job.batch.error is not None:
                     raise job.batch.error
-                if job.progress.complete:
+                if job.finished:
                     break
                 await scheduler.advance(job)
         finally:

@@ -37,6 +37,7 @@ class Job:
     progress: RequestProgress
     pending: deque[StreamEvent] = field(default_factory=deque)
     batch: Batch | None = None
+    finished: bool = False  # set by the worker thread once the job's last events are in `pending`
     left: bool = False  # its reader is gone
 
 
@@ -59,10 +60,10 @@ class Batch:
             except Exception as exc:  # the engine failed: every job of the batch hears it
                 self.error, report = exc, None
             for row, job in enumerate(self.jobs):
-                if report is None:
-                    job.progress.complete = True
-                elif not job.progress.complete:
+                if report is not None and not job.finished:
                     job.pending.extend(job.progress.handle(report, row, drafts=job.drafts, every=every))
+                # only now: the event loop may read `pending` and the progress while this thread writes them
+                job.finished = report is None or job.progress.complete
 
 
 class Scheduler:
@@ -94,7 +95,7 @@ class Scheduler:
         while (running := self.running) is not None and running is not job.batch:
             await self._changes().wait()
         async with self.engine:
-            if job.pending or job.progress.complete:
+            if job.pending or job.finished:
                 return
             with anyio.CancelScope(shield=True):  # a step's reports belong to every job of the batch
                 if self.running is None:
@@ -138,7 +139,7 @@ class Scheduler:
 
     def _release_if_done(self, batch: Batch) -> None:
         """Stop the engine and free it for the next batch once every job is complete or gone."""
-        if batch.ended or not all(job.progress.complete or job.left for job in batch.jobs):
+        if batch.ended or not all(job.finished or job.left for job in batch.jobs):
             return
         with batch.stepping:  # a cancellation that did not wait for the worker waits here for its step
             batch.reports.close()
