@@ -78,8 +78,7 @@ def default_device_and_dtype(device: str | None, dtype: str | torch.dtype | None
 def estimate_bytes(directory: Path, config: TextConfig, dtype: torch.dtype, batch: int = 1) -> int:
     """Memory a generation needs: the text weights in `dtype` plus a canvas's vocab-sized fp32 workspace."""
     parameters = sum(_numel(shape) for name, shape in _tensor_shapes(directory).items() if _keep(name))
-    workspace = _WORKSPACE_COPIES * batch * config.canvas_length * config.vocab_size * 4
-    return parameters * _DTYPE_BYTES[dtype] + workspace
+    return parameters * _DTYPE_BYTES[dtype] + batch * _workspace_bytes(config)
 
 
 def cache_bytes(config: TextConfig, tokens: int, dtype: torch.dtype) -> int:
@@ -115,12 +114,16 @@ def _layer_cache_elements(config: TextConfig, tokens: int) -> list[int]:
 def batch_fits(config: TextConfig, tokens: int, batch: int, dtype: torch.dtype, device: torch.device) -> bool:
     """Whether `batch` requests of `tokens` context each (the longest of them) fit in the memory left on `device`.
 
-    Per row: its KV cache twice (the rows still being denoised get a compact copy), the prefill masks, and a
-    canvas's vocab-sized workspace.
+    Per row: its `request_bytes` twice (the rows still being denoised get a compact copy of the cache) and a canvas's
+    vocab-sized workspace.
     """
-    cache_and_masks = request_bytes(config, tokens, dtype, PREFILL_CHUNK)
-    workspace = _WORKSPACE_COPIES * config.canvas_length * config.vocab_size * 4
-    return _free_when_short(batch * (2 * cache_and_masks + workspace), device) is None
+    per_row = 2 * request_bytes(config, tokens, dtype, PREFILL_CHUNK) + _workspace_bytes(config)
+    return _free_when_short(batch * per_row, device) is None
+
+
+def _workspace_bytes(config: TextConfig) -> int:
+    """One canvas's fp32 logits, probabilities, noise and entropy buffers."""
+    return _WORKSPACE_COPIES * config.canvas_length * config.vocab_size * 4
 
 
 def check_request_memory(config: TextConfig, tokens: int, dtype: torch.dtype, device: torch.device) -> None:
