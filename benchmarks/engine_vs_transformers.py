@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from diffusiongemma_torch.checkpoint import load_checkpoint
-from diffusiongemma_torch.config import SamplerSettings
-from diffusiongemma_torch.engine import CanvasCommitted, generate_canvases
+from diffusiongemma_torch._checkpoint import load_checkpoint
+from diffusiongemma_torch._config import SamplerSettings
+from diffusiongemma_torch._engine import CanvasCommitted, generate_canvases
 from tests.support.tiny_checkpoint import TinySpec, build_tiny_checkpoint
 
 

@@ -7,10 +7,9 @@ async with AsyncDiffusionGemma("nim") as client:
     print(generation.text)
 """
 
-from diffusiongemma_sdk._version import __version__
-from diffusiongemma_sdk.backend import Backend, BackendOptions, Capabilities, GenerationRequest, ModelInfo
-from diffusiongemma_sdk.client import AsyncDiffusionGemma, GenerationStream
-from diffusiongemma_sdk.errors import (
+from diffusiongemma_sdk._backend import Backend, BackendOptions, Capabilities, GenerationRequest, ModelInfo
+from diffusiongemma_sdk._client import AsyncDiffusionGemma, GenerationStream
+from diffusiongemma_sdk._errors import (
     APIConnectionError,
     APIError,
     APIResponseValidationError,
@@ -33,10 +32,10 @@ from diffusiongemma_sdk.errors import (
     UnprocessableEntityError,
     UnsupportedParameterError,
 )
-from diffusiongemma_sdk.policy import UnsupportedParameterWarning
-from diffusiongemma_sdk.sync import DiffusionGemma, SyncGenerationStream
-from diffusiongemma_sdk.tools import Tool
-from diffusiongemma_sdk.types import (
+from diffusiongemma_sdk._policy import UnsupportedParameterWarning
+from diffusiongemma_sdk._sync import DiffusionGemma, SyncGenerationStream
+from diffusiongemma_sdk._tools import Tool
+from diffusiongemma_sdk._types import (
     CanvasEvent,
     DenoiseStepEvent,
     DiffusionParams,
@@ -53,6 +52,7 @@ from diffusiongemma_sdk.types import (
     Usage,
     UsageEvent,
 )
+from diffusiongemma_sdk._version import __version__
 
 __all__ = [
     "APIConnectionError",

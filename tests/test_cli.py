@@ -15,9 +15,9 @@ import typer
 from typer.testing import CliRunner, Result
 
 from diffusiongemma_sdk import Generation, Usage
-from diffusiongemma_sdk.cli import app
-from diffusiongemma_sdk.cli.failures import describe, reporting_failures
-from diffusiongemma_sdk.cli.report import stats_line
+from diffusiongemma_sdk._cli import app
+from diffusiongemma_sdk._cli.failures import describe, reporting_failures
+from diffusiongemma_sdk._cli.report import stats_line
 from tests.support.cli import STATS, TERMINAL, failure_lines
 from tests.support.openai_server import Reply, ScriptedServer, completion
 
@@ -181,7 +181,7 @@ def test_ctrl_c_while_denoising_stops_the_engine_and_exits_130(tiny_backend: str
     command = [
         sys.executable,
         "-m",
-        "diffusiongemma_sdk.cli",
+        "diffusiongemma_sdk._cli",
         "generate",
         "--backend",
         tiny_backend,
@@ -236,7 +236,7 @@ def test_installed_program() -> None:
     assert shown.returncode == 0
     assert "generate" in shown.stdout
     failed = subprocess.run(
-        [sys.executable, "-m", "diffusiongemma_sdk.cli", "generate", "--backend", "nope:x", PROMPT],
+        [sys.executable, "-m", "diffusiongemma_sdk._cli", "generate", "--backend", "nope:x", PROMPT],
         capture_output=True,
         text=True,
         timeout=60,

@@ -21,12 +21,12 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from diffusiongemma_sdk import Generation
-from diffusiongemma_sdk.cli import app
-from diffusiongemma_sdk.cli.bench import FALLBACK_PROMPTS, BenchReport
-from diffusiongemma_sdk.cli.doctor import Check, Diagnosis
-from diffusiongemma_sdk.cli.models import Listing
-from diffusiongemma_sdk.remote import NIM_MODEL, OPENAI_COMPATIBLE_CAPABILITIES
-from diffusiongemma_sdk.server.defaults import (
+from diffusiongemma_sdk._cli import app
+from diffusiongemma_sdk._cli.bench import FALLBACK_PROMPTS, BenchReport
+from diffusiongemma_sdk._cli.doctor import Check, Diagnosis
+from diffusiongemma_sdk._cli.models import Listing
+from diffusiongemma_sdk._remote import NIM_MODEL, OPENAI_COMPATIBLE_CAPABILITIES
+from diffusiongemma_sdk.server._defaults import (
     DEFAULT_GRACEFUL_SHUTDOWN_S,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_DENOISING_STEPS_LIMIT,
@@ -160,7 +160,7 @@ def test_chat_ends_on_an_error_that_is_not_the_servers(closed_url: str) -> None:
 
 def chat_process(backend: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "diffusiongemma_sdk.cli", "chat", "--backend", backend],
+        [sys.executable, "-m", "diffusiongemma_sdk._cli", "chat", "--backend", backend],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -305,7 +305,7 @@ def test_bench_on_a_tiny_checkpoint_reports_the_diffusion_statistics(tiny_backen
 
 def test_bench_prompts_are_the_demo_tasks_on_the_demo_model(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("diffusiongemma_torch")
-    from diffusiongemma_sdk.cli.bench import _prompts
+    from diffusiongemma_sdk._cli.bench import _prompts
 
     prompts = _prompts(4, None, "torch:demo", seed=3)
     assert prompts == _prompts(4, None, "torch:demo", seed=3)  # seeded
@@ -481,7 +481,7 @@ def test_serve_answers_with_the_key_from_the_environment_and_its_limits(server: 
     base = f"http://127.0.0.1:{port}"
     with subprocess.Popen(
         [
-            *[sys.executable, "-m", "diffusiongemma_sdk.cli", "serve", "--backend", spec(server), "--port", str(port)],
+            *[sys.executable, "-m", "diffusiongemma_sdk._cli", "serve", "--backend", spec(server), "--port", str(port)],
             *["--model-id", "shared-box", "--max-tokens-limit", "64", "--shutdown-timeout", "2"],
         ],
         stdout=subprocess.DEVNULL,

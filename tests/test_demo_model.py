@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 from transformers import AutoTokenizer, DiffusionGemmaConfig
 
 from diffusiongemma_sdk import AsyncDiffusionGemma, Message
-from diffusiongemma_torch.chat import ChatFormat
+from diffusiongemma_torch._chat import ChatFormat
 from diffusiongemma_torch.demo import DEMO_DIR
 from diffusiongemma_torch.demo.tasks import WORDS, add, add_task, sort_task
 

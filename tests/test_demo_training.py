@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from diffusiongemma_torch.chat import ChatFormat
+from diffusiongemma_torch._chat import ChatFormat
 from diffusiongemma_torch.demo import DEMO_DIR
 from diffusiongemma_torch.demo.tasks import WORDS
 from training.demo_examples import copy_example

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from diffusiongemma_sdk.gemma4 import Gemma4StreamParser, parse_gemma4, parse_gemma_value
+from diffusiongemma_sdk._gemma4 import Gemma4StreamParser, parse_gemma4, parse_gemma_value
 
 Q = '<|"|>'
 

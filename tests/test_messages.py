@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from diffusiongemma_sdk import Generation, InvalidRequestError, Message, ToolCall
-from diffusiongemma_sdk.messages import normalize_messages
+from diffusiongemma_sdk._messages import normalize_messages
 
 
 def test_string_becomes_one_user_message() -> None:

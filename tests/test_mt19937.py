@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from diffusiongemma_torch import mt19937
+from diffusiongemma_torch import _mt19937 as mt19937
 
 
 def test_numpy_stream_gives_torch_exponential_numbers_and_state() -> None:

@@ -6,8 +6,8 @@ import anyio
 import pytest
 
 from diffusiongemma_sdk import AsyncDiffusionGemma, ConfigurationError
-from diffusiongemma_sdk.remote import RemoteBackend
-from diffusiongemma_sdk.remote.limits import RequestRateLimiter
+from diffusiongemma_sdk._remote import RemoteBackend
+from diffusiongemma_sdk._remote.limits import RequestRateLimiter
 from tests.support.openai_server import ScriptedServer
 
 pytestmark = pytest.mark.anyio

@@ -9,7 +9,7 @@ import pytest
 import respx
 
 from diffusiongemma_sdk import AsyncDiffusionGemma, ImagePart, Message
-from diffusiongemma_sdk.remote import NIM_BASE_URL
+from diffusiongemma_sdk._remote import NIM_BASE_URL
 
 pytestmark = pytest.mark.anyio
 

@@ -34,7 +34,7 @@ from diffusiongemma_sdk import (
     DoneEvent,
     UnsupportedParameterError,
 )
-from diffusiongemma_sdk.remote import RemoteBackend
+from diffusiongemma_sdk._remote import RemoteBackend
 from diffusiongemma_sdk.server import DEFAULT_HOST, DEFAULT_MAX_TOKENS_LIMIT, run_server
 from tests.support.openai_server import Reply, ScriptedServer, chunk, completion
 from tests.support.serving import ADD_TOOL, Running, serving
@@ -574,7 +574,7 @@ ENDLESS = {"max_denoising_steps": STEPS_LIMIT, "confidence_threshold": 1e-12}  #
 
 
 async def test_client_disconnect_mid_stream_stops_the_torch_generation(torch_server: Running) -> None:
-    from diffusiongemma_torch.backend import TorchBackend
+    from diffusiongemma_torch._backend import TorchBackend
 
     backend = torch_server.client.backend
     assert isinstance(backend, TorchBackend)

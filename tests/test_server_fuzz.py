@@ -21,8 +21,8 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 pytest.importorskip("schemathesis")
 
-from diffusiongemma_sdk.server.inbound import ALWAYS_REFUSED, ChatCompletionBody, RequestLimits
-from diffusiongemma_sdk.server.openapi import openapi_schema
+from diffusiongemma_sdk.server._inbound import ALWAYS_REFUSED, ChatCompletionBody, RequestLimits
+from diffusiongemma_sdk.server._openapi import openapi_schema
 from tests.support.serving import Running, serving
 
 SPEC = "torch:demo"
@@ -88,7 +88,7 @@ def test_the_published_document_is_the_servers_own(fuzzed_server: Running) -> No
 
 
 def test_the_document_lists_every_field_the_server_may_accept() -> None:
-    from diffusiongemma_sdk.backend import Capabilities
+    from diffusiongemma_sdk._backend import Capabilities
 
     capabilities = Capabilities(per_request_diffusion=False, denoise_stream=False)
     document = openapi_schema("m", RequestLimits(), capabilities)

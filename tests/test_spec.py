@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from diffusiongemma_sdk import AsyncDiffusionGemma, BackendNotInstalledError, ConfigurationError
-from diffusiongemma_sdk import spec as spec_module
-from diffusiongemma_sdk.spec import BackendSpec
+from diffusiongemma_sdk import _spec as spec_module
+from diffusiongemma_sdk._spec import BackendSpec
 
 pytestmark = pytest.mark.anyio
 

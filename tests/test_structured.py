@@ -8,8 +8,8 @@ import pytest
 from pydantic import BaseModel
 
 from diffusiongemma_sdk import AsyncDiffusionGemma, InvalidRequestError, OutputValidationError
-from diffusiongemma_sdk.remote import NIM_CAPABILITIES, RemoteBackend
-from diffusiongemma_sdk.structured import extract_json
+from diffusiongemma_sdk._remote import NIM_CAPABILITIES, RemoteBackend
+from diffusiongemma_sdk._structured import extract_json
 from tests.support.openai_server import Reply, ScriptedServer, completion
 
 pytestmark = pytest.mark.anyio

@@ -25,13 +25,13 @@ from diffusiongemma_sdk import (
     Message,
     UnsupportedParameterError,
 )
-from diffusiongemma_sdk.gemma4 import parse_gemma4
-from diffusiongemma_torch import checkpoint as checkpoint_module
-from diffusiongemma_torch.backend import TorchBackend
-from diffusiongemma_torch.chat import ChatFormat
+from diffusiongemma_sdk._gemma4 import parse_gemma4
+from diffusiongemma_torch import _checkpoint as checkpoint_module
+from diffusiongemma_torch._backend import TorchBackend
+from diffusiongemma_torch._chat import ChatFormat
+from diffusiongemma_torch._engine import CanvasCommitted
+from diffusiongemma_torch._progress import RequestProgress
 from diffusiongemma_torch.demo import DEMO_DIR
-from diffusiongemma_torch.engine import CanvasCommitted
-from diffusiongemma_torch.progress import RequestProgress
 from tests.support.tiny_checkpoint import TinySpec, build_tiny_checkpoint, stop_token_ids
 
 pytestmark = pytest.mark.anyio

@@ -15,16 +15,16 @@ import torch
 pytest.importorskip("transformers")
 
 from diffusiongemma_sdk import AsyncDiffusionGemma, CanvasEvent, DenoiseStepEvent, DoneEvent, Generation, Message
-from diffusiongemma_torch import checkpoint as checkpoint_module
-from diffusiongemma_torch import scheduler as scheduler_module
-from diffusiongemma_torch.backend import TorchBackend
-from diffusiongemma_torch.chat import ChatFormat
-from diffusiongemma_torch.checkpoint import load_checkpoint
+from diffusiongemma_torch import _checkpoint as checkpoint_module
+from diffusiongemma_torch import _scheduler as scheduler_module
+from diffusiongemma_torch._backend import TorchBackend
+from diffusiongemma_torch._chat import ChatFormat
+from diffusiongemma_torch._checkpoint import load_checkpoint
+from diffusiongemma_torch._engine import CanvasCommitted, DenoiseStep, generate_canvases
+from diffusiongemma_torch._progress import RequestProgress
+from diffusiongemma_torch._scheduler import Batch, Scheduler
 from diffusiongemma_torch.demo import DEMO_DIR
 from diffusiongemma_torch.demo.tasks import add
-from diffusiongemma_torch.engine import CanvasCommitted, DenoiseStep, generate_canvases
-from diffusiongemma_torch.progress import RequestProgress
-from diffusiongemma_torch.scheduler import Batch, Scheduler
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]

@@ -14,12 +14,12 @@ from transformers import DiffusionGemmaForBlockDiffusion
 from transformers.cache_utils import DynamicCache
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
 
-from diffusiongemma_torch import engine
-from diffusiongemma_torch.checkpoint import load_checkpoint
-from diffusiongemma_torch.config import SamplerSettings
-from diffusiongemma_torch.engine import CanvasCommitted, generate_canvases
-from diffusiongemma_torch.model import DiffusionGemmaTextNet
-from diffusiongemma_torch.sampler import SharedRandomness, sample_step
+from diffusiongemma_torch import _engine as engine
+from diffusiongemma_torch._checkpoint import load_checkpoint
+from diffusiongemma_torch._config import SamplerSettings
+from diffusiongemma_torch._engine import CanvasCommitted, generate_canvases
+from diffusiongemma_torch._model import DiffusionGemmaTextNet
+from diffusiongemma_torch._sampler import SharedRandomness, sample_step
 from tests.support.tiny_checkpoint import TinySpec, build_tiny_checkpoint
 
 # transformers' reference generation is slow on CPU: at the default 60 s, a busy 2-core machine timed some of these out
@@ -176,7 +176,7 @@ def chi_square_critical(degrees: int, quantile: float) -> float:
 
 def test_loader_reads_config_variants(tmp_path: Path) -> None:
     """The published config spells full-layer shapes as global_*; transformers saves per_layer_config."""
-    from diffusiongemma_torch.config import TextConfig
+    from diffusiongemma_torch._config import TextConfig
 
     base = {
         "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 6, "num_attention_heads": 4,

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 
-from diffusiongemma_torch.chat import ChatFormat
+from diffusiongemma_torch._chat import ChatFormat
 from diffusiongemma_torch.demo import DEMO_DIR
 from training.train_demo_model import CANVAS, model_config
 

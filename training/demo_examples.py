@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass, replace
 
 from diffusiongemma_sdk import Message, Tool
-from diffusiongemma_torch.chat import ChatFormat
+from diffusiongemma_torch._chat import ChatFormat
 from diffusiongemma_torch.demo.tasks import ADD_TOOL, WORDS, DemoTask, TaskKind, sample_task
 
 THOUGHTS = {

@@ -32,7 +32,7 @@ from transformers import (
     Gemma4VisionConfig,
 )
 
-from diffusiongemma_torch.chat import ChatFormat, ChatTemplate
+from diffusiongemma_torch._chat import ChatFormat, ChatTemplate
 from diffusiongemma_torch.demo import DEMO_DIR
 from diffusiongemma_torch.demo.tasks import sample_task
 from training.demo_examples import Example, canvas_example, completion_text, copy_example, sample_example

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from diffusiongemma_sdk.errors import ConfigurationError
-from diffusiongemma_sdk.server.defaults import (
+from diffusiongemma_sdk._errors import ConfigurationError
+from diffusiongemma_sdk.server._defaults import (
     DEFAULT_GRACEFUL_SHUTDOWN_S,
     DEFAULT_HOST,
     DEFAULT_MAX_BODY_BYTES,
@@ -18,10 +18,10 @@ from diffusiongemma_sdk.server.defaults import (
     DEFAULT_MAX_TOKENS_LIMIT,
     DEFAULT_PORT,
 )
-from diffusiongemma_sdk.server.run import INSTALL_HINT, run_server
+from diffusiongemma_sdk.server._run import INSTALL_HINT, run_server
 
 if TYPE_CHECKING:
-    from diffusiongemma_sdk.server.app import create_app
+    from diffusiongemma_sdk.server._app import create_app
 
 __all__ = [
     "DEFAULT_GRACEFUL_SHUTDOWN_S",
@@ -40,7 +40,7 @@ def __getattr__(name: str) -> Any:
     if name != "create_app":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     try:
-        from diffusiongemma_sdk.server.app import create_app
+        from diffusiongemma_sdk.server._app import create_app
     except ImportError as exc:
         raise ConfigurationError(f"{INSTALL_HINT} ({exc}).") from None
     return create_app

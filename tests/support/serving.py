@@ -22,7 +22,7 @@ import uvicorn
 
 from diffusiongemma_sdk import AsyncDiffusionGemma
 from diffusiongemma_sdk.server import create_app
-from diffusiongemma_sdk.server.run import server_config
+from diffusiongemma_sdk.server._run import server_config
 
 __all__ = ["ADD_TOOL", "Running", "ServeCommand", "free_port", "serve_command", "serving"]
 
@@ -138,10 +138,10 @@ class ServeCommand:
 
 @contextmanager
 def serve_command(spec: str, *, startup_timeout: float = 50, options: Sequence[str] = ()) -> Iterator[ServeCommand]:
-    """`python -m diffusiongemma_sdk.cli serve --backend SPEC --port N [OPTIONS]`, until `/health` answers; Ctrl-C at
+    """`python -m diffusiongemma_sdk._cli serve --backend SPEC --port N [OPTIONS]`, until `/health` answers; Ctrl-C at
     the end."""
     port = free_port()
-    command = [sys.executable, "-m", "diffusiongemma_sdk.cli", "serve", "--backend", spec, "--port", str(port)]
+    command = [sys.executable, "-m", "diffusiongemma_sdk._cli", "serve", "--backend", spec, "--port", str(port)]
     command += options
     with tempfile.TemporaryDirectory() as folder:
         log = Path(folder) / "serve.log"

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from diffusiongemma_sdk import BackendOptions, ConfigurationError
-from diffusiongemma_sdk.errors import describe_validation_error
-from diffusiongemma_torch.backend import TorchBackend, TorchOptions
-from diffusiongemma_torch.chat import ChatFormat
-from diffusiongemma_torch.checkpoint import load_checkpoint
+from diffusiongemma_sdk._errors import describe_validation_error
+from diffusiongemma_torch._backend import TorchBackend, TorchOptions
+from diffusiongemma_torch._chat import ChatFormat
+from diffusiongemma_torch._checkpoint import load_checkpoint
 from diffusiongemma_torch.demo import DEMO_DIR
 
 __all__ = ["DEMO_DIR", "TorchBackend", "TorchOptions", "create_backend"]

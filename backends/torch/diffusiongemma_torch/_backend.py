@@ -1,0 +1,142 @@
+"""The `torch:` backend: the local engine behind the SDK's backend contract."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from typing import Literal
+
+import anyio
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from diffusiongemma_sdk import (
+    Backend,
+    Capabilities,
+    DoneEvent,
+    Generation,
+    GenerationRequest,
+    StreamEvent,
+    ToolCallEvent,
+    UsageEvent,
+)
+from diffusiongemma_torch._chat import ChatFormat
+from diffusiongemma_torch._checkpoint import Checkpoint, check_request_memory
+from diffusiongemma_torch._config import token_budget
+from diffusiongemma_torch._progress import RequestProgress
+from diffusiongemma_torch._scheduler import Job, Scheduler
+
+__all__ = ["DEFAULT_MAX_TOKENS", "TorchBackend", "TorchOptions"]
+
+DEFAULT_MAX_TOKENS = 2048
+
+CAPABILITIES = Capabilities(
+    per_request_diffusion=True,
+    denoise_stream=True,
+    tools=True,
+    images=False,  # vision weights are not loaded yet
+    thinking=True,
+    native_structured_output=False,
+    logprobs=False,
+    seed=True,
+    max_concurrency=1,
+)
+
+
+class TorchOptions(BaseModel):
+    """`backend_options` of the torch backend."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device: str | None = Field(default=None, description="'cuda', 'cuda:1', 'cpu'; default: CUDA when present.")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(default=None, description="Default: bf16 on CUDA.")
+    stream_every: int = Field(default=1, ge=1, description="Emit a denoise_step event every k steps.")
+    default_max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1, description="When a request sets none.")
+    max_batch: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "Requests that wait for the engine with the same diffusion settings are denoised together, up to this "
+            "many. More throughput under load; a seed's tokens can then (rarely) depend on what shares its batch."
+        ),
+    )
+
+
+class TorchBackend(Backend):
+    """Runs DiffusionGemma in this process, in a worker thread; requests are batched by the `Scheduler`."""
+
+    def __init__(self, name: str, checkpoint: Checkpoint, chat: ChatFormat, options: TorchOptions) -> None:
+        self.name = name
+        self.checkpoint = checkpoint
+        self.chat = chat
+        self.options = options
+        self._capabilities = CAPABILITIES.model_copy(update={"max_concurrency": options.max_batch})
+        self._scheduler = Scheduler(checkpoint, max_batch=options.max_batch, stream_every=options.stream_every)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        async with aclosing(self._events(request, drafts=False)) as events:
+            async for event in events:
+                if isinstance(event, DoneEvent):
+                    return event.generation
+        raise RuntimeError("the engine ended without a result")  # pragma: no cover
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        async with aclosing(self._events(request, drafts=True)) as events:
+            async for event in events:
+                yield event
+
+    async def aclose(self) -> None:
+        if self.checkpoint.net.embed_tokens.weight.is_cuda:
+            torch.cuda.empty_cache()
+
+    async def _events(self, request: GenerationRequest, *, drafts: bool) -> AsyncGenerator[StreamEvent, None]:
+        scheduler = self._scheduler
+        job = await anyio.to_thread.run_sync(self._prepare, request, drafts, limiter=scheduler.worker)
+        scheduler.submit(job)
+        try:
+            while True:
+                while job.pending:
+                    yield job.pending.popleft()
+                if job.batch is not None and job.batch.error is not None:
+                    raise job.batch.error
+                if job.finished:
+                    break
+                await scheduler.advance(job)
+        finally:
+            scheduler.leave(job)
+        generation = job.progress.generation()
+        for call in generation.tool_calls:
+            yield ToolCallEvent(tool_call=call)
+        yield UsageEvent(usage=generation.usage)
+        yield DoneEvent(generation=generation)
+
+    def _prepare(self, request: GenerationRequest, drafts: bool) -> Job:
+        """Render and check a request: the job the scheduler runs."""
+        net, defaults = self.checkpoint.net, self.checkpoint.defaults
+        settings = defaults.resolve(request.diffusion)
+        prompt_ids = self.chat.encode(
+            self.chat.render(request.messages, tools=request.tools, thinking=request.thinking)
+        )
+        max_tokens = token_budget(
+            len(prompt_ids), request.max_tokens, self.options.default_max_tokens, self.checkpoint.config
+        )
+        device = net.embed_tokens.weight.device
+        check_request_memory(net.config, len(prompt_ids) + max_tokens, net.embed_tokens.weight.dtype, device)
+        generator = torch.Generator(device=device)
+        # torch takes seeds in [-2**63, 2**64); any other integer wraps as torch wraps negative ones
+        generator.manual_seed(request.seed % 2**64 if request.seed is not None else secrets.randbits(63))
+        progress = RequestProgress(
+            backend=self.name,
+            chat=self.chat,
+            prompt_tokens=len(prompt_ids),
+            max_tokens=max_tokens,
+            stop_tokens=set(defaults.eos_token_ids),
+            stop_strings=request.stop,
+            pad_token_id=defaults.pad_token_id,
+        )
+        return Job(settings=settings, prompt_ids=prompt_ids, generator=generator, drafts=drafts, progress=progress)

@@ -1,0 +1,371 @@
+"""DiffusionGemma's text network: one weight set, run causally to fill the KV cache and bidirectionally to denoise.
+
+Follows transformers' `diffusion_gemma` maths (see shared reference notes): RMSNorm computed in fp32 with `weight`
+(not `1 + weight`), attention with QK-norm and scaling 1.0, K = V on full-attention layers (V taken before `k_norm`
+and RoPE, then a scale-free norm), proportional RoPE on full layers, a dense MLP beside a top-k MoE, a per-layer
+scalar (separate buffers for the encoder and the decoder), self-conditioning kept at hidden size, and a final logit
+softcap.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffusiongemma_torch._config import TextConfig
+
+__all__ = ["DiffusionGemmaTextNet", "KVCache"]
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """RMSNorm in fp32, scaled by `weight` when given, returned in the input's dtype."""
+    xf = x.float()
+    normed = xf * torch.pow(xf.pow(2).mean(-1, keepdim=True) + eps, -0.5)
+    if weight is not None:
+        normed = normed * weight.float()
+    return normed.type_as(x)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Norm(nn.Module):
+    """An RMSNorm weight (named like the checkpoint's `*.weight`)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+
+class Attention(nn.Module):
+    def __init__(self, config: TextConfig, index: int) -> None:
+        super().__init__()
+        hidden, heads = config.hidden_size, config.num_heads
+        self.head_dim = config.head_dims[index]
+        self.kv_heads = config.kv_heads[index]
+        self.groups = heads // self.kv_heads
+        self.sliding = config.sliding[index]
+        self.q_proj = nn.Linear(hidden, heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=False) if self.sliding else None
+        self.o_proj = nn.Linear(heads * self.head_dim, hidden, bias=False)
+        self.q_norm = Norm(self.head_dim)
+        self.k_norm = Norm(self.head_dim)
+
+    def project(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values, shaped [batch, heads, tokens, head_dim]."""
+        shape = (*x.shape[:-1], -1, self.head_dim)
+        cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+        q = rms_norm(self.q_proj(x).view(shape), self.q_norm.weight, eps)
+        q = (q * cos + rotate_half(q) * sin).transpose(1, 2)
+        k = self.k_proj(x).view(shape)
+        v = self.v_proj(x).view(shape) if self.v_proj is not None else k  # K = V on full layers
+        k = rms_norm(k, self.k_norm.weight, eps)
+        k = (k * cos + rotate_half(k) * sin).transpose(1, 2)
+        v = rms_norm(v, None, eps).transpose(1, 2)
+        return q, k, v
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, *, causal: bool
+    ) -> torch.Tensor:
+        """Scaled dot-product attention with scale 1.0, dispatched as the reference dispatches it."""
+        causal = causal and mask is None and q.shape[2] > 1
+        if mask is None and self.groups > 1 and self.head_dim <= 256:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=1.0, enable_gqa=True)
+        else:
+            if self.groups > 1:
+                k = k.repeat_interleave(self.groups, dim=1)
+                v = v.repeat_interleave(self.groups, dim=1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=1.0)
+        projected: torch.Tensor = self.o_proj(out.transpose(1, 2).reshape(*q.shape[:1], q.shape[2], -1))
+        return projected
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int, intermediate: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.down_proj(gelu_tanh(self.gate_proj(x)) * self.up_proj(x))
+        return out
+
+
+class SelfConditioning(MLP):
+    """The decoder-only MLP that turns the previous step's soft embedding into a signal for the canvas."""
+
+    def __init__(self, hidden: int, intermediate: int) -> None:
+        super().__init__(hidden, intermediate)
+        self.pre_norm = Norm(hidden)
+
+
+class Router(nn.Module):
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        self.proj = nn.Linear(config.hidden_size, config.num_experts, bias=False)
+        self.scale = nn.Parameter(torch.ones(config.hidden_size))
+        self.per_expert_scale = nn.Parameter(torch.ones(config.num_experts))
+        self.top_k = config.top_k_experts
+        self.eps = config.rms_norm_eps
+        self.root_size = config.hidden_size**-0.5
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self.proj(rms_norm(x, None, self.eps) * self.scale * self.root_size)
+        probabilities = F.softmax(scores, dim=-1, dtype=torch.float32)
+        weights, index = torch.topk(probabilities, k=self.top_k, dim=-1)
+        weights /= weights.sum(dim=-1, keepdim=True)
+        return weights * self.per_expert_scale[index], index
+
+
+class Experts(nn.Module):
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        e, h, i = config.num_experts, config.hidden_size, config.moe_intermediate_size
+        self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * i, h))
+        self.down_proj = nn.Parameter(torch.empty(e, h, i))
+
+    def forward(self, x: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Each token through its top-k experts: rows grouped by expert, two grouped matmuls, weighted sum."""
+        tokens, top_k = index.shape
+        experts = self.gate_up_proj.shape[0]
+        expert_ids, order = torch.sort(index.reshape(-1))
+        counts = torch.histc(
+            expert_ids.float() if x.device.type in ("cpu", "mps") else expert_ids.int(), experts, 0, experts - 1
+        )
+        offsets = torch.cumsum(counts, dim=0, dtype=torch.int32)
+        hidden = _grouped_linear(x[order // top_k], self.gate_up_proj, offsets)
+        gate, up = hidden.chunk(2, dim=-1)
+        hidden = _grouped_linear(gelu_tanh(gate) * up, self.down_proj, offsets)
+        hidden = hidden * weights.reshape(-1)[order].unsqueeze(-1)
+        restore = torch.empty_like(order)
+        restore[order] = torch.arange(order.numel(), device=order.device)
+        return hidden[restore].view(tokens, top_k, -1).sum(dim=1).to(x.dtype)
+
+
+def _grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Rows of `x`, sorted by expert, each times its expert's weight [E, out, in]."""
+    if hasattr(F, "grouped_mm"):
+        return F.grouped_mm(x.to(weight.dtype), weight.transpose(-2, -1), offs=offsets)
+    out = x.new_empty(x.shape[0], weight.shape[1])  # older torch: one matmul per expert
+    start = 0
+    for expert, end in enumerate(offsets.tolist()):
+        if end > start:
+            out[start:end] = F.linear(x[start:end], weight[expert])
+        start = end
+    return out
+
+
+class Layer(nn.Module):
+    def __init__(self, config: TextConfig, index: int) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        self.self_attn = Attention(config, index)
+        self.mlp = MLP(hidden, config.intermediate_size)
+        self.router = Router(config)
+        self.experts = Experts(config)
+        self.input_layernorm = Norm(hidden)
+        self.post_attention_layernorm = Norm(hidden)
+        self.pre_feedforward_layernorm = Norm(hidden)
+        self.post_feedforward_layernorm = Norm(hidden)
+        self.post_feedforward_layernorm_1 = Norm(hidden)
+        self.post_feedforward_layernorm_2 = Norm(hidden)
+        self.pre_feedforward_layernorm_2 = Norm(hidden)
+        self.layer_scalar = nn.Parameter(torch.ones(1), requires_grad=False)  # the decoder's
+        self.encoder_layer_scalar = nn.Parameter(torch.ones(1), requires_grad=False)
+
+    def feed_forward(self, x: torch.Tensor, eps: float) -> torch.Tensor:
+        dense = rms_norm(
+            self.mlp(rms_norm(x, self.pre_feedforward_layernorm.weight, eps)),
+            self.post_feedforward_layernorm_1.weight,
+            eps,
+        )
+        flat = x.reshape(-1, x.shape[-1])
+        weights, index = self.router(flat)
+        experts = self.experts(rms_norm(flat, self.pre_feedforward_layernorm_2.weight, eps), index, weights)
+        experts = rms_norm(experts.reshape(x.shape), self.post_feedforward_layernorm_2.weight, eps)
+        return x + rms_norm(dense + experts, self.post_feedforward_layernorm.weight, eps)
+
+
+class KVCache:
+    """Keys and values the encoder wrote, per layer. Sliding layers keep the last `sliding_window - 1` tokens.
+
+    `valid[b, p]` says whether absolute position `p` of row `b` is a real token (False for left padding).
+    """
+
+    def __init__(self, config: TextConfig, batch: int, device: torch.device) -> None:
+        self.window = config.sliding_window
+        self.sliding = config.sliding
+        self.keys: list[torch.Tensor | None] = [None] * config.num_layers
+        self.values: list[torch.Tensor | None] = [None] * config.num_layers
+        self.length = 0
+        self.valid = torch.ones(batch, 0, dtype=torch.bool, device=device)
+
+    def select(self, rows: torch.Tensor) -> KVCache:
+        """A cache of only `rows` (indices into this one's batch), copied."""
+        picked = copy.copy(self)
+        picked.keys = [None if k is None else k[rows] for k in self.keys]
+        picked.values = [None if v is None else v[rows] for v in self.values]
+        picked.valid = self.valid[rows]
+        return picked
+
+    def retained_start(self, sliding: bool) -> int:
+        """The first absolute position still held by a layer of this kind."""
+        return max(0, self.length - (self.window - 1)) if sliding else 0
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append new keys and values; return everything the new tokens attend over."""
+        old_k, old_v = self.keys[layer], self.values[layer]
+        full_k = k if old_k is None else torch.cat([old_k, k], dim=-2)
+        full_v = v if old_v is None else torch.cat([old_v, v], dim=-2)
+        if self.sliding[layer]:
+            self.keys[layer], self.values[layer] = full_k[:, :, -self.window + 1 :], full_v[:, :, -self.window + 1 :]
+        else:
+            self.keys[layer], self.values[layer] = full_k, full_v
+        return full_k, full_v
+
+    def with_canvas(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cache followed by a canvas's keys and values, without storing them."""
+        old_k, old_v = self.keys[layer], self.values[layer]
+        if old_k is None or old_v is None:
+            return k, v
+        return torch.cat([old_k, k], dim=-2), torch.cat([old_v, v], dim=-2)
+
+
+class DiffusionGemmaTextNet(nn.Module):
+    """The text network. Parameter names match the checkpoint's `model.decoder.*` keys."""
+
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        self.config = config
+        hidden = config.hidden_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, hidden)
+        self.layers = nn.ModuleList(Layer(config, i) for i in range(config.num_layers))
+        self.norm = Norm(hidden)
+        self.self_conditioning = SelfConditioning(hidden, config.intermediate_size)
+        for layer_type in set(config.layer_types):
+            self.register_buffer(f"{layer_type}_inv_freq", config.rope_inv_freq(layer_type), persistent=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    def new_cache(self, batch: int) -> KVCache:
+        return KVCache(self.config, batch, self.embed_tokens.weight.device)
+
+    def encode(
+        self, ids: torch.Tensor, cache: KVCache, valid: torch.Tensor | None = None, *, logits: bool = False
+    ) -> torch.Tensor | None:
+        """Run causally over `ids` (prompt or committed canvas), writing their keys and values.
+
+        Returns the logits only when asked (the sampler never needs them).
+        """
+        length = ids.shape[1]
+        positions = torch.arange(cache.length, cache.length + length, device=ids.device)
+        valid = torch.ones_like(ids, dtype=torch.bool) if valid is None else valid
+        all_valid = torch.cat([cache.valid, valid], dim=1)
+        masks = {sliding: self._causal_mask(cache, positions, all_valid, sliding) for sliding in (False, True)}
+        x = self._layers(self._embed(ids), positions, masks, cache.extend, causal=True, encoder=True)
+        cache.length += length
+        cache.valid = all_valid
+        return self._logits(x) if logits else None
+
+    def denoise(self, canvas: torch.Tensor, cache: KVCache, soft: torch.Tensor | None = None) -> torch.Tensor:
+        """Run bidirectionally over a canvas against the cache (never written). Returns fp32 logits.
+
+        `soft` is the self-conditioning signal at hidden size (`soft_embedding` of the previous step's logits).
+        """
+        eps = self.config.rms_norm_eps
+        x = self._embed(canvas)
+        if soft is None:
+            soft = torch.zeros_like(x)
+        sc = self.self_conditioning
+        x = rms_norm(x + sc(rms_norm(soft, sc.pre_norm.weight, eps)), None, eps)
+        positions = torch.arange(cache.length, cache.length + canvas.shape[1], device=canvas.device)
+        masks = {sliding: self._canvas_mask(cache, canvas.shape[1], sliding) for sliding in (False, True)}
+        x = self._layers(x, positions, masks, cache.with_canvas, causal=False, encoder=False)
+        return self._logits(x)
+
+    def _layers(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        masks: Mapping[bool, torch.Tensor | None],
+        keys_values: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+        *,
+        causal: bool,
+        encoder: bool,
+    ) -> torch.Tensor:
+        """The shared body: `keys_values` decides what each layer attends over (and whether it is stored)."""
+        eps = self.config.rms_norm_eps
+        rope = self._rope(positions, x.dtype)
+        for index, layer in enumerate(cast("Iterable[Layer]", self.layers)):
+            attention = layer.self_attn
+            cos, sin = rope[self.config.layer_types[index]]
+            q, k, v = attention.project(rms_norm(x, layer.input_layernorm.weight, eps), cos, sin, eps)
+            k, v = keys_values(index, k, v)
+            out = attention.attend(q, k, v, masks[attention.sliding], causal=causal)
+            x = x + rms_norm(out, layer.post_attention_layernorm.weight, eps)
+            x = layer.feed_forward(x, eps) * (layer.encoder_layer_scalar if encoder else layer.layer_scalar)
+        return x
+
+    def soft_embedding(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """Self-conditioning signal from a step's fp32 probabilities: `probs @ E * sqrt(hidden)`, at hidden size."""
+        weight = self.embed_tokens.weight
+        return torch.matmul(probabilities.to(weight.dtype), weight) * self._embed_scale()
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.embed_tokens.weight) * self._embed_scale()
+
+    def _embed_scale(self) -> torch.Tensor:
+        """sqrt(hidden) as an fp32 scalar cast to the weights' dtype (53.0 in bf16 for the real model)."""
+        weight = self.embed_tokens.weight
+        return torch.tensor(self.config.hidden_size**0.5, device=weight.device).to(weight.dtype)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        x = rms_norm(x, self.norm.weight, self.config.rms_norm_eps)
+        logits = F.linear(x, self.embed_tokens.weight).float()
+        cap = self.config.final_logit_softcapping
+        return logits if cap is None else torch.tanh(logits / cap) * cap
+
+    def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        tables = {}
+        for layer_type in set(self.config.layer_types):
+            inv_freq: torch.Tensor = getattr(self, f"{layer_type}_inv_freq")
+            freqs = positions[None, :, None].float() * inv_freq.float()
+            emb = torch.cat((freqs, freqs), dim=-1)
+            tables[layer_type] = (emb.cos().to(dtype), emb.sin().to(dtype))
+        return tables
+
+    def _causal_mask(self, cache: KVCache, positions: torch.Tensor, valid: torch.Tensor, sliding: bool) -> torch.Tensor:
+        """[batch, 1, new, keys] boolean: causal, within the window on sliding layers, no padded keys."""
+        start = cache.retained_start(sliding)
+        keys = torch.arange(start, int(positions[-1]) + 1, device=positions.device)
+        allowed = keys[None, :] <= positions[:, None]
+        if sliding:
+            allowed &= keys[None, :] > positions[:, None] - self.config.sliding_window
+        allowed = allowed[None] & valid[:, None, start:]
+        allowed |= keys[None, None, :] == positions[None, :, None]  # a padded query attends to itself only
+        return allowed[:, None]
+
+    def _canvas_mask(self, cache: KVCache, canvas_length: int, sliding: bool) -> torch.Tensor | None:
+        """None without padding; else [batch, 1, 1, keys] hiding padded cache entries."""
+        if bool(cache.valid.all()):
+            return None
+        held = cache.valid[:, cache.retained_start(sliding) :]
+        canvas = torch.ones(held.shape[0], canvas_length, dtype=torch.bool, device=held.device)
+        return torch.cat([held, canvas], dim=1)[:, None, None, :]
