@@ -7,8 +7,16 @@ async with AsyncDiffusionGemma("nim") as client:
     print(generation.text)
 """
 
-from diffusiongemma_sdk._backend import Backend, BackendOptions, Capabilities, GenerationRequest, ModelInfo
-from diffusiongemma_sdk._client import AsyncDiffusionGemma, GenerationStream
+from diffusiongemma_sdk._accumulator import GenerationAccumulator
+from diffusiongemma_sdk._backend import (
+    Backend,
+    BackendOptions,
+    Capabilities,
+    GenerationRequest,
+    ModelInfo,
+    ToolChoiceForm,
+)
+from diffusiongemma_sdk._client import AsyncDiffusionGemma, GenerateOptions, GenerationStream, RequestOptions
 from diffusiongemma_sdk._errors import (
     APIConnectionError,
     APIError,
@@ -76,7 +84,9 @@ __all__ = [
     "DiffusionParams",
     "DoneEvent",
     "FinishReason",
+    "GenerateOptions",
     "Generation",
+    "GenerationAccumulator",
     "GenerationCancelled",
     "GenerationRequest",
     "GenerationStream",
@@ -90,6 +100,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "ReasoningEvent",
+    "RequestOptions",
     "RequestTimeoutError",
     "StreamEvent",
     "SyncGenerationStream",
@@ -97,6 +108,7 @@ __all__ = [
     "Tool",
     "ToolCall",
     "ToolCallEvent",
+    "ToolChoiceForm",
     "UnprocessableEntityError",
     "UnsupportedParameterError",
     "UnsupportedParameterWarning",

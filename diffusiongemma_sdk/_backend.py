@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from diffusiongemma_sdk._tools import Tool
 from diffusiongemma_sdk._types import DiffusionParams, Generation, Message, StreamEvent
 
-__all__ = ["Backend", "BackendOptions", "Capabilities", "GenerationRequest", "ModelInfo"]
+__all__ = [
+    "TOOL_CHOICE_KEYWORDS",
+    "Backend",
+    "BackendOptions",
+    "Capabilities",
+    "GenerationRequest",
+    "ModelInfo",
+    "ToolChoiceForm",
+    "tool_choice_form",
+]
 
 DEFAULT_TIMEOUT = 600.0
 DEFAULT_MAX_RETRIES = 2
+
+ToolChoiceForm = Literal["auto", "none", "required", "named"]
+"""The forms of `tool_choice`: the three keywords, and the name of one tool ("named")."""
+TOOL_CHOICE_KEYWORDS = ("auto", "none", "required")
 
 
 class Capabilities(BaseModel):
@@ -25,11 +38,16 @@ class Capabilities(BaseModel):
     per_request_diffusion: bool = Field(description="Honours DiffusionParams per request.")
     denoise_stream: bool = Field(description="Streams `denoise_step` events with canvas drafts.")
     tools: bool = True
+    tool_choice: tuple[ToolChoiceForm, ...] = Field(
+        default=("auto", "none", "required", "named"),
+        description="The tool_choice forms honoured: 'none' never calls, 'required' and a name always call.",
+    )
     images: bool = False
     thinking: bool = True
     native_structured_output: bool = False
     logprobs: bool = False
     seed: bool = True
+    stop: bool = Field(default=True, description="Ends the answer at the first stop string.")
     max_concurrency: int | None = Field(default=None, description="Requests served at once; None if unknown.")
 
 
@@ -49,8 +67,35 @@ class GenerationRequest(BaseModel):
     response_schema: dict[str, Any] | None = Field(
         default=None, description="JSON schema the answer must match; sent only to backends with native support."
     )
-    timeout: float | None = Field(default=None, gt=0, description="Per-call override of the client's timeout.")
-    max_retries: int | None = Field(default=None, ge=0, description="Per-call override of the client's retries.")
+    drafts: bool = Field(default=False, description="Stream a `denoise_step` event with each step's draft.")
+    timeout: float | None = Field(
+        default=None, gt=0, description="Deadline of the whole call in seconds; None: the client's timeout."
+    )
+    max_retries: int | None = Field(
+        default=None, ge=0, description="Retries of transient failures; None: the client's max_retries."
+    )
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _check_tool_choice(cls, choice: str | None, info: ValidationInfo) -> str | None:
+        if choice is None or choice in ("auto", "none"):
+            return choice
+        names = [tool.name for tool in info.data.get("tools", [])]
+        if not names:
+            raise ValueError(f"tool_choice {choice!r} needs tools to call; pass them in tools=")
+        if choice != "required" and choice not in names:
+            raise ValueError(
+                f"tool_choice {choice!r} is not 'auto', 'none', 'required' or the name of one of the tools "
+                f"({', '.join(names)})"
+            )
+        return choice
+
+
+def tool_choice_form(choice: str | None) -> ToolChoiceForm | None:
+    """Which form a `tool_choice` value takes (None stays None: the backend's default, which is 'auto')."""
+    if choice is None:
+        return None
+    return choice if choice in ("auto", "none", "required") else "named"  # type: ignore[return-value]
 
 
 class BackendOptions(BaseModel):

@@ -210,4 +210,6 @@ def status_error_class(status_code: int) -> type[APIStatusError]:
 
 def describe_validation_error(exc: ValidationError) -> str:
     """One line per problem of a pydantic error: `field.path: message`."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+    )

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from diffusiongemma_sdk._types import ToolCall
 
 __all__ = [
+    "TOOL_CALL_OPEN",
     "Gemma4StreamParser",
     "ParsedOutput",
     "Segment",
@@ -28,6 +29,8 @@ STRING_DELIMITER = '<|"|>'
 _CHANNEL_OPEN, _CHANNEL_CLOSE = "<|channel>", "<channel|>"
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 _TOOL_OPEN, _TOOL_CLOSE = "<|tool_call>", "<tool_call|>"
+TOOL_CALL_OPEN = _TOOL_OPEN
+"""The token that opens a tool call; a local engine bans it for tool_choice='none'."""
 _END_MARKERS = ("<turn|>", "<eos>", "<|tool_response>")
 _TEXT_MARKERS = (_CHANNEL_OPEN, _THINK_OPEN, _TOOL_OPEN, *_END_MARKERS)
 _CHANNEL_NAME = "thought"
@@ -168,7 +171,8 @@ def parse_gemma4(text: str) -> ParsedOutput:
 
 
 def parse_tool_call_body(body: str) -> ToolCall | None:
-    """Parse `call:NAME{...}` (the text between the tool-call markers); None when it is not a valid call."""
+    """Parse `call:NAME{...}` (the text between the tool-call markers); None when it names no tool. Arguments that
+    do not parse are kept in `raw_arguments`."""
     head = _CALL_HEAD.match(body)
     if head is None:
         return None
@@ -178,9 +182,9 @@ def parse_tool_call_body(body: str) -> ToolCall | None:
     try:
         arguments = parse_gemma_value(rest)
     except ValueError:
-        return None
-    if not isinstance(arguments, dict):
-        return None
+        arguments = None
+    if not isinstance(arguments, dict):  # a call all the same: its arguments are kept as the model wrote them
+        return ToolCall(name=head.group(1), raw_arguments=rest)
     return ToolCall(name=head.group(1), arguments=arguments)
 
 

@@ -20,7 +20,7 @@ from diffusiongemma_sdk._errors import OutputValidationError, describe_validatio
 from diffusiongemma_sdk._gemma4 import parse_gemma4
 from diffusiongemma_sdk._types import Generation, Message, Usage
 
-__all__ = ["extract_json", "generate_structured"]
+__all__ = ["extract_json", "generate_structured", "structured_request"]
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
 _INSTRUCTION = (
@@ -30,20 +30,25 @@ _INSTRUCTION = (
 _REASK = "That answer is not valid: {error}\nReply again with only the corrected JSON value matching the schema."
 
 
+def structured_request(
+    request: GenerationRequest, response_model: type[BaseModel], *, native: bool
+) -> GenerationRequest:
+    """The request that asks for `response_model`: its JSON schema as `response_schema` where the backend constrains
+    its output natively, else in the system prompt."""
+    schema = response_model.model_json_schema()
+    if native:
+        return request.model_copy(update={"response_schema": schema})
+    return request.model_copy(update={"messages": _with_instruction(request.messages, schema)})
+
+
 async def generate_structured(
     generate: Callable[[GenerationRequest], Awaitable[Generation]],
     request: GenerationRequest,
     response_model: type[BaseModel],
-    *,
-    native: bool,
     max_validation_retries: int,
 ) -> Generation:
-    """Generate until the answer validates as `response_model`; the instance lands in `Generation.parsed`."""
-    schema = response_model.model_json_schema()
-    if native:
-        request = request.model_copy(update={"response_schema": schema})
-    else:
-        request = request.model_copy(update={"messages": _with_instruction(request.messages, schema)})
+    """Generate `request` (from `structured_request`) until the answer validates as `response_model`, re-asking
+    with the validation error; the instance lands in `Generation.parsed`."""
     attempts: list[str] = []
     errors: list[str] = []
     usage = Usage()

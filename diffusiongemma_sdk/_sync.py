@@ -14,11 +14,27 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
+from pydantic import BaseModel
+from typing_extensions import Unpack
 
-from diffusiongemma_sdk._backend import Backend, Capabilities, ModelInfo
-from diffusiongemma_sdk._client import AsyncDiffusionGemma, GenerationStream
+from diffusiongemma_sdk._backend import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    Backend,
+    Capabilities,
+    GenerationRequest,
+    ModelInfo,
+)
+from diffusiongemma_sdk._client import (
+    AsyncDiffusionGemma,
+    GenerateOptions,
+    GenerationStream,
+    RequestOptions,
+    ToolInput,
+)
 from diffusiongemma_sdk._messages import PromptInput
-from diffusiongemma_sdk._types import Generation, StreamEvent
+from diffusiongemma_sdk._policy import UnsupportedPolicy
+from diffusiongemma_sdk._types import DiffusionParams, Generation, StreamEvent
 
 __all__ = ["DiffusionGemma", "SyncGenerationStream"]
 
@@ -47,10 +63,26 @@ class _Loop:
 class DiffusionGemma:
     """Blocking client with the same methods and arguments as `AsyncDiffusionGemma`."""
 
-    def __init__(self, backend: str | Backend | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        backend: str | Backend | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        unsupported: UnsupportedPolicy = "error",
+        backend_options: dict[str, Any] | None = None,
+    ) -> None:
         self._loop = _Loop()
         try:
-            self._client = AsyncDiffusionGemma(backend, **options)
+            self._client = AsyncDiffusionGemma(
+                backend,
+                api_key=api_key,
+                timeout=timeout,
+                max_retries=max_retries,
+                unsupported=unsupported,
+                backend_options=backend_options,
+            )
         except BaseException:
             self._loop.close()
             raise
@@ -62,23 +94,104 @@ class DiffusionGemma:
 
     @property
     def capabilities(self) -> Capabilities:
-        """What the backend supports."""
+        """What the backend supports, as far as it is known yet (see `discover_capabilities`)."""
         return self._client.capabilities
+
+    def discover_capabilities(self) -> Capabilities:
+        """What the backend supports, asking it first where that takes I/O."""
+        return self._loop.run(self._client.discover_capabilities)
 
     def __repr__(self) -> str:
         return f"DiffusionGemma(backend={self._client.backend.name!r})"
 
-    def generate(self, prompt: PromptInput, **options: Any) -> Generation:
+    def generate(
+        self,
+        prompt: PromptInput,
+        *,
+        max_tokens: int | None = None,
+        thinking: bool | None = None,
+        tools: Sequence[ToolInput] | None = None,
+        tool_choice: str | None = None,
+        diffusion: DiffusionParams | dict[str, Any] | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        response_model: type[BaseModel] | None = None,
+        max_validation_retries: int = 2,
+    ) -> Generation:
         """Generate one answer; see `AsyncDiffusionGemma.generate`."""
-        return self._loop.run(partial(self._client.generate, prompt, **options))
+        request = self._client.build_request(
+            prompt,
+            max_tokens=max_tokens,
+            thinking=thinking,
+            tools=tools,
+            tool_choice=tool_choice,
+            diffusion=diffusion,
+            seed=seed,
+            stop=stop,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+        return self.send(request, response_model=response_model, max_validation_retries=max_validation_retries)
 
-    def stream(self, prompt: PromptInput, **options: Any) -> SyncGenerationStream:
-        """Generate with events; use as `with client.stream(...) as s: for event in s`."""
-        return SyncGenerationStream(self._client.stream(prompt, **options), self._loop)
+    def stream(
+        self,
+        prompt: PromptInput,
+        *,
+        max_tokens: int | None = None,
+        thinking: bool | None = None,
+        tools: Sequence[ToolInput] | None = None,
+        tool_choice: str | None = None,
+        diffusion: DiffusionParams | dict[str, Any] | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        drafts: bool = False,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+    ) -> SyncGenerationStream:
+        """Generate with events; use as `with client.stream(...) as s: for event in s`. See
+        `AsyncDiffusionGemma.stream`."""
+        request = self._client.build_request(
+            prompt,
+            max_tokens=max_tokens,
+            thinking=thinking,
+            tools=tools,
+            tool_choice=tool_choice,
+            diffusion=diffusion,
+            seed=seed,
+            stop=stop,
+            drafts=drafts,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+        return self.send_stream(request)
 
-    def generate_batch(self, prompts: Sequence[PromptInput], **options: Any) -> list[Generation]:
+    def build_request(self, prompt: PromptInput, **options: Unpack[RequestOptions]) -> GenerationRequest:
+        """The `GenerationRequest` these arguments make; see `AsyncDiffusionGemma.build_request`."""
+        return self._client.build_request(prompt, **options)
+
+    def send(
+        self,
+        request: GenerationRequest,
+        *,
+        response_model: type[BaseModel] | None = None,
+        max_validation_retries: int = 2,
+    ) -> Generation:
+        """Run a built request to completion; see `AsyncDiffusionGemma.send`."""
+        send = partial(self._client.send, response_model=response_model, max_validation_retries=max_validation_retries)
+        return self._loop.run(send, request)
+
+    def send_stream(self, request: GenerationRequest) -> SyncGenerationStream:
+        """Stream a built request; see `AsyncDiffusionGemma.send_stream`."""
+        return SyncGenerationStream(self._client.send_stream(request), self._loop)
+
+    def generate_batch(
+        self, prompts: Sequence[PromptInput], *, concurrency: int = 8, **options: Unpack[GenerateOptions]
+    ) -> list[Generation]:
         """Generate for many prompts concurrently; see `AsyncDiffusionGemma.generate_batch`."""
-        results: list[Generation] = self._loop.run(partial(self._client.generate_batch, prompts, **options))
+        batch = partial(self._client.generate_batch, concurrency=concurrency, **options)
+        results: list[Generation] = self._loop.run(batch, prompts)
         return results
 
     def models(self) -> list[ModelInfo]:

@@ -49,10 +49,13 @@ def test_tool_calls_with_gemma_notation() -> None:
     assert parsed.text == ""
 
 
-def test_malformed_tool_call_is_kept_as_text_not_lost() -> None:
-    parsed = parse_gemma4("<|tool_call>call:add{a:<tool_call|>")
-    assert parsed.tool_calls == []
-    assert parsed.text == "<|tool_call>call:add{a:<tool_call|>"
+def test_malformed_tool_calls_are_not_lost() -> None:
+    parsed = parse_gemma4("<|tool_call>call:add{a:<tool_call|>")  # a call of add, its arguments as written
+    assert [(call.name, call.arguments, call.raw_arguments) for call in parsed.tool_calls] == [("add", {}, "{a:")]
+    assert parsed.text == ""
+    unnamed = parse_gemma4("<|tool_call>{a:1}<tool_call|>")  # no tool named: kept as text
+    assert unnamed.tool_calls == []
+    assert unnamed.text == "<|tool_call>{a:1}<tool_call|>"
 
 
 def test_value_parser_accepts_json_and_rejects_garbage() -> None:

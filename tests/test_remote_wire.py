@@ -8,7 +8,7 @@ import httpx
 import pytest
 import respx
 
-from diffusiongemma_sdk import AsyncDiffusionGemma, ImagePart, Message
+from diffusiongemma_sdk import AsyncDiffusionGemma, ImagePart, Message, Tool
 from diffusiongemma_sdk._remote import NIM_BASE_URL
 
 pytestmark = pytest.mark.anyio
@@ -38,7 +38,7 @@ async def test_nim_request_shape(monkeypatch: pytest.MonkeyPatch) -> None:
             seed=7,
             stop="END",
             tool_choice="required",
-            tools=[],
+            tools=[Tool(name="add")],
         )
     request = route.calls.last.request
     body = json.loads(request.content)
@@ -58,6 +58,12 @@ async def test_nim_request_shape(monkeypatch: pytest.MonkeyPatch) -> None:
         ],
         "max_tokens": 300,
         "chat_template_kwargs": {"enable_thinking": True},
+        "tools": [
+            {
+                "type": "function",
+                "function": {"name": "add", "description": "", "parameters": {"type": "object", "properties": {}}},
+            }
+        ],
         "tool_choice": "required",
         "seed": 7,
         "stop": ["END"],

@@ -131,7 +131,7 @@ async def test_models_and_health_advertise_the_backend_capabilities(torch_server
     [entry] = listing["data"]
     assert entry["id"] == torch_server.model == torch_server.client.backend.name
     assert entry["object"] == "model"
-    assert entry["capabilities"] == torch_server.client.capabilities.model_dump()
+    assert entry["capabilities"] == torch_server.client.capabilities.model_dump(mode="json")
     assert entry["capabilities"]["per_request_diffusion"] is True
     assert entry["capabilities"]["denoise_stream"] is True
     assert health.status_code == 200
@@ -247,8 +247,12 @@ async def app_code(client: AsyncDiffusionGemma) -> tuple[Any, list[Any]]:
     """What an application writes once, whatever the backend."""
     params = DiffusionParams(max_denoising_steps=1, entropy_bound=0.3)
     answer = await client.generate("What is 1 + 2 ?", max_tokens=40, seed=4, thinking=True, diffusion=params)
-    async with client.stream("What is 1 + 2 ?", max_tokens=40, seed=4, thinking=True, diffusion=params) as stream:
+    async with client.stream(
+        "What is 1 + 2 ?", max_tokens=40, seed=4, thinking=True, diffusion=params, drafts=True
+    ) as stream:
         events = [event async for event in stream]
+    async with client.stream("What is 1 + 2 ?", max_tokens=40, seed=4, diffusion=params) as plain:
+        assert not [event async for event in plain if isinstance(event, DenoiseStepEvent)]  # drafts only when asked
     return answer, events
 
 

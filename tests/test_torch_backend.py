@@ -26,6 +26,7 @@ from diffusiongemma_sdk import (
     UnsupportedParameterError,
 )
 from diffusiongemma_sdk._gemma4 import parse_gemma4
+from diffusiongemma_torch import _admission as admission
 from diffusiongemma_torch import _checkpoint as checkpoint_module
 from diffusiongemma_torch._backend import TorchBackend
 from diffusiongemma_torch._chat import ChatFormat
@@ -107,11 +108,11 @@ def test_request_memory_counts_what_the_cache_holds(tiny: Path) -> None:
     cache = net.new_cache(1)
     net.encode(torch.randint(3, 256, (1, tokens)), cache)
     held = sum(t.numel() * t.element_size() for t in (*cache.keys, *cache.values) if t is not None)
-    assert checkpoint_module.cache_bytes(net.config, tokens, torch.float32) == held
+    assert admission.cache_bytes(net.config, tokens, torch.float32) == held
     largest_layer = max(k.numel() * 2 * 4 for k in cache.keys if k is not None)
     groups = net.config.num_heads // min(net.config.kv_heads)
     masks = tokens * tokens * (2 + 4)  # two boolean masks, and SDPA's float copy of one
-    estimate = checkpoint_module.request_bytes(net.config, tokens, torch.float32, prefill_chunk=tokens)
+    estimate = admission.request_bytes(net.config, tokens, torch.float32, prefill_chunk=tokens)
     assert held + largest_layer + masks < estimate <= held + largest_layer * (1 + groups) + masks
 
 
@@ -157,7 +158,9 @@ async def test_every_diffusion_param_works_per_request(tiny: Path) -> None:
     async with AsyncDiffusionGemma(f"torch:{tiny}") as client:
         capped = await client.generate("q", seed=1, max_tokens=16, diffusion={"max_denoising_steps": 3})
         assert capped.usage.denoising_steps == 3  # random weights never converge early
-        wide = client.stream("q", seed=1, max_tokens=16, diffusion={"entropy_bound": 50.0, "max_denoising_steps": 2})
+        wide = client.stream(
+            "q", seed=1, max_tokens=16, diffusion={"entropy_bound": 50.0, "max_denoising_steps": 2}, drafts=True
+        )
         async with wide as stream:
             fractions = [e.accepted_fraction async for e in stream if isinstance(e, DenoiseStepEvent)]
         assert fractions
@@ -194,8 +197,13 @@ async def test_odd_request_values_work_or_are_invalid_requests(tiny: Path, tmp_p
 
 
 async def test_stream_events_and_stream_every(tiny: Path) -> None:
-    async with AsyncDiffusionGemma(f"torch:{tiny}") as client, client.stream("q", seed=3, max_tokens=32) as stream:
-        events = [event async for event in stream]
+    async with AsyncDiffusionGemma(f"torch:{tiny}") as client:
+        async with client.stream("q", seed=3, max_tokens=32) as stream:
+            plain = [event async for event in stream]  # no drafts unless asked
+        async with client.stream("q", seed=3, max_tokens=32, drafts=True) as stream:
+            events = [event async for event in stream]
+    assert [e for e in events if not isinstance(e, DenoiseStepEvent)][:-2] == plain[:-2]  # usage times differ
+    assert not any(isinstance(e, DenoiseStepEvent) for e in plain)
     steps = [e for e in events if isinstance(e, DenoiseStepEvent)]
     canvases = [e for e in events if isinstance(e, CanvasEvent)]
     done = events[-1]
@@ -206,7 +214,7 @@ async def test_stream_events_and_stream_every(tiny: Path) -> None:
     assert [c.canvas_index for c in canvases] == list(range(len(canvases)))
     assert sum(c.steps or 0 for c in canvases) == done.generation.usage.denoising_steps == len(steps)
     every_second = AsyncDiffusionGemma(f"torch:{tiny}", backend_options={"stream_every": 2})
-    async with every_second as client, client.stream("q", seed=3, max_tokens=32) as stream:
+    async with every_second as client, client.stream("q", seed=3, max_tokens=32, drafts=True) as stream:
         halved = [e async for e in stream if isinstance(e, DenoiseStepEvent)]
     assert [e.step for e in halved] == [e.step for e in steps if e.step % 2 == 0]
 
@@ -242,7 +250,9 @@ async def test_cancelling_stops_within_one_step_and_frees_the_engine(slow: Path)
         one_step = time.perf_counter() - timing
         seen = 0
         with anyio.move_on_after(30) as scope:
-            async with client.stream("q", seed=0, max_tokens=1024, diffusion={"max_denoising_steps": 48}) as stream:
+            async with client.stream(
+                "q", seed=0, max_tokens=1024, diffusion={"max_denoising_steps": 48}, drafts=True
+            ) as stream:
                 async for event in stream:
                     if isinstance(event, DenoiseStepEvent):
                         seen += 1
@@ -289,7 +299,7 @@ def test_loading_errors(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
         AsyncDiffusionGemma("torch:google/nope")
     with pytest.raises(ConfigurationError, match=r"no config\.json"):
         AsyncDiffusionGemma(f"torch:{tmp_path}")
-    monkeypatch.setattr(checkpoint_module, "_available_bytes", lambda device: 1024)
+    monkeypatch.setattr(admission, "_available_bytes", lambda device: 1024)
     with pytest.raises(ConfigurationError, match=r"needs about .* GiB but .* GiB is free"):
         AsyncDiffusionGemma(f"torch:{tiny}")
 
@@ -326,10 +336,11 @@ def test_pad_tokens_before_the_stop_are_counted_but_not_shown() -> None:
             decoder_passes=torch.tensor([3]),
         ),
         0,
-        drafts=False,
         every=1,
     )
-    generation = run.generation()
+    done = run.final_events()[-1]
+    assert isinstance(done, DoneEvent)
+    generation = done.generation
     assert generation.text == "4 9 17"
     assert generation.finish_reason == "stop"
     assert generation.usage.completion_tokens == len(answer) - 1  # pads counted, the stop token not

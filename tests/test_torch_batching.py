@@ -15,7 +15,7 @@ import torch
 pytest.importorskip("transformers")
 
 from diffusiongemma_sdk import AsyncDiffusionGemma, CanvasEvent, DenoiseStepEvent, DoneEvent, Generation, Message
-from diffusiongemma_torch import _checkpoint as checkpoint_module
+from diffusiongemma_torch import _admission as admission
 from diffusiongemma_torch import _scheduler as scheduler_module
 from diffusiongemma_torch._backend import TorchBackend
 from diffusiongemma_torch._chat import ChatFormat
@@ -167,7 +167,7 @@ async def test_a_stream_in_a_batch_sees_its_own_steps_and_a_reader_leaving_holds
         def read(i: int) -> Callable[[], Awaitable[None]]:
             async def job() -> None:
                 drafts = 0
-                async with client.stream(PROMPTS[i], seed=i) as stream:
+                async with client.stream(PROMPTS[i], seed=i, drafts=True) as stream:
                     async for event in stream:
                         if isinstance(event, DenoiseStepEvent):
                             drafts += 1
@@ -223,12 +223,12 @@ async def test_a_batch_takes_only_the_requests_that_fit_in_memory(monkeypatch: p
 
 def test_batch_memory_grows_with_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     config = load_checkpoint(str(DEMO_DIR)).config
-    per_row = 2 * checkpoint_module.request_bytes(config, 100, torch.float32, checkpoint_module.PREFILL_CHUNK)
+    per_row = 2 * admission.request_bytes(config, 100, torch.float32, admission.PREFILL_CHUNK)
     per_row += 6 * config.canvas_length * config.vocab_size * 4
-    monkeypatch.setattr(checkpoint_module, "_available_bytes", lambda device: 3 * per_row)
+    monkeypatch.setattr(admission, "_available_bytes", lambda device: 3 * per_row)
     cpu = torch.device("cpu")
-    assert checkpoint_module.batch_fits(config, 100, 3, torch.float32, cpu)
-    assert not checkpoint_module.batch_fits(config, 100, 4, torch.float32, cpu)
+    assert admission.batch_fits(config, 100, 3, torch.float32, cpu)
+    assert not admission.batch_fits(config, 100, 4, torch.float32, cpu)
 
 
 async def test_a_request_cancelled_by_asyncio_inside_a_step_loses_nothing_for_the_others(
@@ -260,7 +260,7 @@ async def test_a_request_cancelled_by_asyncio_inside_a_step_loses_nothing_for_th
 
         async def read(i: int) -> tuple[int, Generation]:
             drafts = 0
-            async with client.stream(PROMPTS[i], seed=i) as stream:
+            async with client.stream(PROMPTS[i], seed=i, drafts=True) as stream:
                 async for event in stream:
                     drafts += isinstance(event, DenoiseStepEvent)
                     if isinstance(event, DoneEvent):
@@ -309,7 +309,9 @@ async def test_a_reader_never_sees_its_request_finished_before_its_last_events(
         def read(name: str, max_tokens: int, pause: float) -> Callable[[], Awaitable[None]]:
             async def job() -> None:
                 canvases = 0
-                async with client.stream(PROMPTS[1], seed=1, max_tokens=max_tokens, diffusion=never_settles) as s:
+                async with client.stream(
+                    PROMPTS[1], seed=1, max_tokens=max_tokens, diffusion=never_settles, drafts=True
+                ) as s:
                     async for event in s:
                         canvases += isinstance(event, CanvasEvent)
                         if isinstance(event, DoneEvent):

@@ -19,7 +19,7 @@ from diffusiongemma_torch._checkpoint import load_checkpoint
 from diffusiongemma_torch._config import SamplerSettings
 from diffusiongemma_torch._engine import CanvasCommitted, generate_canvases
 from diffusiongemma_torch._model import DiffusionGemmaTextNet
-from diffusiongemma_torch._sampler import SharedRandomness, sample_step
+from diffusiongemma_torch._sampler import SharedRandomness, entropy_bound_acceptance, token_distribution
 from tests.support.tiny_checkpoint import TinySpec, build_tiny_checkpoint
 
 # transformers' reference generation is slow on CPU: at the default 60 s, a busy 2-core machine timed some of these out
@@ -157,9 +157,11 @@ def test_default_sampler_draws_from_the_same_distribution() -> None:
         randomness = SharedRandomness(rng, 1, 6, 12, reference=reference)
         masks = set()
         for _ in range(draws):
-            outcome = sample_step(logits, 0.5, randomness)
-            masks.add(tuple(outcome.accepted[0].tolist()))
-            counts[reference][outcome.next_canvas[0, 0]] += 1
+            probabilities, entropy = token_distribution(logits, reference=reference)
+            accepted = entropy_bound_acceptance(entropy, 0.5)
+            next_canvas = randomness.draw(probabilities, accepted, [0])
+            masks.add(tuple(accepted[0].tolist()))
+            counts[reference][next_canvas[0, 0]] += 1
         assert len(masks) == 1  # acceptance depends on the logits only
     statistic = (((counts[True] - counts[False]) ** 2) / (counts[True] + counts[False]).clamp(min=1)).sum().item()
     degrees = int(((counts[True] + counts[False]) > 0).sum()) - 1

@@ -96,7 +96,8 @@ async def run_generation(
     if live is None:
         generation = await client.generate(prompt, **request)
     else:
-        async with client.stream(prompt, **request) as stream:
+        drafts = (await client.discover_capabilities()).denoise_stream  # drawn where the backend has them
+        async with client.stream(prompt, **request, drafts=drafts) as stream:
             async for event in stream:
                 live.show(event)
             generation = await stream.final()

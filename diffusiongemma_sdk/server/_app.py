@@ -15,8 +15,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from diffusiongemma_sdk._backend import Capabilities
 from diffusiongemma_sdk._client import AsyncDiffusionGemma
+from diffusiongemma_sdk._wire.fields import model_json
+from diffusiongemma_sdk._wire.response import CompletionIdentity, completion_json
 from diffusiongemma_sdk.server._defaults import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_DENOISING_STEPS_LIMIT,
@@ -32,12 +33,13 @@ from diffusiongemma_sdk.server._errors import (
 from diffusiongemma_sdk.server._inbound import RequestLimits, parse_chat_body, parse_json_object, to_chat_call
 from diffusiongemma_sdk.server._middleware import BearerAuthMiddleware, BodyLimitMiddleware
 from diffusiongemma_sdk.server._openapi import openapi_schema
-from diffusiongemma_sdk.server._outbound import Completion, completion_json, model_entry, sse_chunks
+from diffusiongemma_sdk.server._outbound import sse_chunks
 from diffusiongemma_sdk.server._streaming import EventStreamResponse, until_disconnected
 
 __all__ = ["create_app"]
 
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json"})
+OWNER = "diffusiongemma-sdk"
 
 
 def create_app(
@@ -119,28 +121,22 @@ class _Service:
                 code="model_not_found",
                 param="model",
             )
-        backend = self.client.backend
-        call = to_chat_call(
-            body, await self._capabilities(), backend=backend.name, policy=self.client.unsupported, limits=self.limits
-        )
-        completion = Completion(model=self.model_id)
-        if call.stream:
+        call = to_chat_call(body, self.limits)
+        identity = CompletionIdentity(model=self.model_id)
+        if call.stream:  # the client checks the request against the backend, as for any caller
+            stream = self.client.send_stream(call.request)
             chunks = sse_chunks(
-                backend.stream(call.request),
-                completion,
-                include_usage=call.include_usage,
-                diffusing=call.diffusing,
-                single_tool_call=call.single_tool_call,
+                stream, identity, include_usage=call.include_usage, single_tool_call=call.single_tool_call
             )
             return EventStreamResponse(chunks)
-        generation = await until_disconnected(request.receive, lambda: backend.generate(call.request))
+        generation = await until_disconnected(request.receive, lambda: self.client.send(call.request))
         if generation is None:  # the client went away; nobody reads this
             return Response(status_code=499)
-        return JSONResponse(completion_json(generation, completion, single_tool_call=call.single_tool_call))
+        return JSONResponse(completion_json(generation, identity, single_tool_call=call.single_tool_call))
 
     async def list_models(self, request: Request) -> Response:
         try:
-            entry = model_entry(self.model_id, self.created, await self._capabilities())
+            entry = model_json(self.model_id, self.created, OWNER, await self.client.discover_capabilities())
         except Exception as exc:
             return server_error_from(exc).response()
         return JSONResponse({"object": "list", "data": [entry]})
@@ -152,7 +148,7 @@ class _Service:
             )
             return error.response()
         try:
-            entry = model_entry(self.model_id, self.created, await self._capabilities())
+            entry = model_json(self.model_id, self.created, OWNER, await self.client.discover_capabilities())
         except Exception as exc:
             return server_error_from(exc).response()
         return JSONResponse(entry)
@@ -163,7 +159,7 @@ class _Service:
 
     async def openapi(self, request: Request) -> Response:
         try:
-            capabilities = await self._capabilities()
+            capabilities = await self.client.discover_capabilities()
         except Exception as exc:
             return server_error_from(exc).response()
         schema = openapi_schema(
@@ -174,7 +170,3 @@ class _Service:
             authenticated=self.authenticated,
         )
         return JSONResponse(schema)
-
-    async def _capabilities(self) -> Capabilities:
-        backend = self.client.backend
-        return backend.capabilities if backend.capabilities_known else await backend.discover_capabilities()

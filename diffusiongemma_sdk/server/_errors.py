@@ -23,6 +23,7 @@ from diffusiongemma_sdk._errors import (
     InvalidRequestError,
     UnsupportedParameterError,
 )
+from diffusiongemma_sdk._wire.request import wire_parameter
 
 __all__ = [
     "ServerError",
@@ -48,8 +49,6 @@ _TYPES = {
     502: "upstream_error",
     504: "upstream_error",
 }
-# SDK parameter names (as UnsupportedParameterError reports them) → where they sit in a chat-completions body.
-_REQUEST_PARAMS = {"thinking": "chat_template_kwargs.enable_thinking", "images": "messages"}
 # Upstream statuses that describe the caller's request, relayed as they are; others say the server is broken.
 _RELAYED = frozenset({400, 404, 409, 413, 422, 429})
 
@@ -104,7 +103,7 @@ def server_error_from(exc: BaseException) -> ServerError:
     if isinstance(exc, ServerError):
         return exc
     if isinstance(exc, UnsupportedParameterError):
-        param = _REQUEST_PARAMS.get(exc.parameter, exc.parameter)
+        param = wire_parameter(exc.parameter)
         return unsupported(param, f"The model served here does not support '{param}'; remove it from the request.")
     if isinstance(exc, InvalidRequestError):
         return invalid(str(exc), code=None)

@@ -18,14 +18,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from diffusiongemma_sdk._backend import Capabilities, GenerationRequest
-from diffusiongemma_sdk._errors import InvalidRequestError, UnsupportedParameterError
+from diffusiongemma_sdk._backend import GenerationRequest
+from diffusiongemma_sdk._errors import InvalidRequestError, describe_validation_error
 from diffusiongemma_sdk._messages import normalize_messages
-from diffusiongemma_sdk._policy import UnsupportedPolicy, apply_policy
 from diffusiongemma_sdk._tools import Tool
 from diffusiongemma_sdk._types import DiffusionParams, Message
 from diffusiongemma_sdk.server._defaults import DEFAULT_MAX_DENOISING_STEPS_LIMIT, DEFAULT_MAX_TOKENS_LIMIT
-from diffusiongemma_sdk.server._errors import ServerError, invalid, server_error_from, unsupported
+from diffusiongemma_sdk.server._errors import ServerError, invalid, unsupported
 
 __all__ = [
     "ALWAYS_REFUSED",
@@ -189,7 +188,6 @@ class ChatCall:
     request: GenerationRequest
     stream: bool
     include_usage: bool
-    diffusing: bool
     single_tool_call: bool
 
 
@@ -256,45 +254,39 @@ def parse_chat_body(data: dict[str, Any]) -> ChatCompletionBody:
     return body
 
 
-def to_chat_call(
-    body: ChatCompletionBody,
-    capabilities: Capabilities,
-    *,
-    backend: str,
-    policy: UnsupportedPolicy = "error",
-    limits: RequestLimits = RequestLimits(),
-) -> ChatCall:
-    """The `GenerationRequest` for a checked body, refusing what the backend's capabilities deny or `limits` forbid."""
+def to_chat_call(body: ChatCompletionBody, limits: RequestLimits = RequestLimits()) -> ChatCall:
+    """The `GenerationRequest` for a checked body, refusing what `limits` forbid.
+
+    What the served backend supports is not checked here: the client that runs the request does that, as for
+    every other caller, and its refusals become 400s.
+    """
     if body.stream_options is not None and not body.stream:
         raise invalid("'stream_options' is only allowed with 'stream': true.", param="stream_options")
     if body.diffusing and not body.stream:
         raise invalid("'diffusing' sends denoise drafts while streaming; it needs 'stream': true.", param="diffusing")
-    if body.diffusing and not capabilities.denoise_stream:
-        raise unsupported("diffusing", "The model served here does not stream denoise drafts ('diffusing').")
-    tools = _tools(body.tools or [])
     fields: dict[str, Any] = {
         "messages": _messages(body.messages),
         "max_tokens": _max_tokens(body, limits.max_tokens),
         "thinking": body.chat_template_kwargs.enable_thinking if body.chat_template_kwargs else None,
-        "tools": tools,
-        "tool_choice": _tool_choice(body.tool_choice, tools),
+        "tools": _tools(body.tools or []),
+        "tool_choice": body.tool_choice.function.name
+        if isinstance(body.tool_choice, NamedToolChoice)
+        else body.tool_choice,
         "diffusion": _diffusion(body.diffusion, limits.max_denoising_steps),
         "seed": body.seed,
         "stop": [body.stop] if isinstance(body.stop, str) else list(body.stop or []),
-        "response_schema": _response_schema(body.response_format, capabilities),
+        "response_schema": _response_schema(body.response_format),
+        "drafts": body.diffusing,
     }
     try:
         request = GenerationRequest(**fields)
-        request = apply_policy(request, capabilities, backend=backend, policy=policy)
     except ValidationError as exc:
-        raise invalid(f"Invalid request: {exc.errors()[0]['msg']}") from None
-    except UnsupportedParameterError as exc:
-        raise server_error_from(exc) from None
+        param = ".".join(str(part) for part in exc.errors()[0]["loc"]) or None
+        raise invalid(f"Invalid request: {describe_validation_error(exc)}.", param=param) from None
     return ChatCall(
         request=request,
         stream=body.stream,
         include_usage=body.stream_options is not None and body.stream_options.include_usage,
-        diffusing=body.diffusing,
         single_tool_call=body.parallel_tool_calls is False,
     )
 
@@ -351,17 +343,6 @@ def _schema_problem(schema: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _tool_choice(choice: str | NamedToolChoice | None, tools: list[Tool]) -> str | None:
-    if choice is None or choice in ("auto", "none"):
-        return choice if isinstance(choice, str) else None
-    name = choice if isinstance(choice, str) else choice.function.name
-    if not tools:
-        raise invalid(f"tool_choice {name!r} needs 'tools'.", param="tool_choice")
-    if name != "required" and name not in {tool.name for tool in tools}:
-        raise invalid(f"tool_choice names {name!r}, which is not among the tools.", param="tool_choice")
-    return name
-
-
 def _max_tokens(body: ChatCompletionBody, limit: int | None) -> int | None:
     if (
         body.max_tokens is not None
@@ -399,15 +380,9 @@ def _diffusion(raw: dict[str, Any] | None, steps_limit: int | None) -> Diffusion
     return params
 
 
-def _response_schema(response_format: ResponseFormat | None, capabilities: Capabilities) -> dict[str, Any] | None:
+def _response_schema(response_format: ResponseFormat | None) -> dict[str, Any] | None:
     if response_format is None or response_format.type == "text":
         return None
-    if not capabilities.native_structured_output:
-        raise unsupported(
-            "response_format",
-            "The model served here does not constrain its output to JSON ('response_format'); ask for JSON in the "
-            "prompt and validate the answer (the SDK's response_model does this).",
-        )
     if response_format.type == "json_object":
         return {"type": "object"}
     if response_format.json_schema is None:

@@ -9,8 +9,8 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from diffusiongemma_sdk._wire.sse import sse_data
 from diffusiongemma_sdk.server._errors import server_error_from
-from diffusiongemma_sdk.server._outbound import sse_data
 
 __all__ = ["EventStreamResponse", "until_disconnected"]
 

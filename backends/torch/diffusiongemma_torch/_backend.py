@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
@@ -18,11 +19,11 @@ from diffusiongemma_sdk import (
     Generation,
     GenerationRequest,
     StreamEvent,
-    ToolCallEvent,
-    UsageEvent,
 )
-from diffusiongemma_torch._chat import ChatFormat
-from diffusiongemma_torch._checkpoint import Checkpoint, check_request_memory
+from diffusiongemma_sdk._gemma4 import TOOL_CALL_OPEN
+from diffusiongemma_torch._admission import check_request_memory
+from diffusiongemma_torch._chat import ChatFormat, forced_call
+from diffusiongemma_torch._checkpoint import Checkpoint
 from diffusiongemma_torch._config import token_budget
 from diffusiongemma_torch._progress import RequestProgress
 from diffusiongemma_torch._scheduler import Job, Scheduler
@@ -64,14 +65,25 @@ class TorchOptions(BaseModel):
 
 
 class TorchBackend(Backend):
-    """Runs DiffusionGemma in this process, in a worker thread; requests are batched by the `Scheduler`."""
+    """Runs DiffusionGemma in this process, in a worker thread; requests are batched by the `Scheduler`.
+
+    `tool_choice` is enforced on the canvas: "none" bans the tool-call token, so no call can be sampled or committed;
+    "required" and a tool's name end the prompt with the call's opening (`<|tool_call>call:` and the name when
+    there is one tool to call), so the answer is that call; with thinking on, the forced call comes first and the
+    model does not reason.
+    """
 
     def __init__(self, name: str, checkpoint: Checkpoint, chat: ChatFormat, options: TorchOptions) -> None:
         self.name = name
         self.checkpoint = checkpoint
         self.chat = chat
         self.options = options
-        self._capabilities = CAPABILITIES.model_copy(update={"max_concurrency": options.max_batch})
+        # tool_choice is enforced through the tool-call marker: banned for "none", written first for a forced call
+        self._call_marker = chat.token_id(TOOL_CALL_OPEN)
+        forms = CAPABILITIES.tool_choice if self._call_marker is not None else ("auto",)
+        self._capabilities = CAPABILITIES.model_copy(
+            update={"max_concurrency": options.max_batch, "tool_choice": forms}
+        )
         self._scheduler = Scheduler(checkpoint, max_batch=options.max_batch, stream_every=options.stream_every)
 
     @property
@@ -79,14 +91,14 @@ class TorchBackend(Backend):
         return self._capabilities
 
     async def generate(self, request: GenerationRequest) -> Generation:
-        async with aclosing(self._events(request, drafts=False)) as events:
+        async with aclosing(self._events(request.model_copy(update={"drafts": False}))) as events:
             async for event in events:
                 if isinstance(event, DoneEvent):
                     return event.generation
         raise RuntimeError("the engine ended without a result")  # pragma: no cover
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
-        async with aclosing(self._events(request, drafts=True)) as events:
+        async with aclosing(self._events(request)) as events:
             async for event in events:
                 yield event
 
@@ -94,9 +106,9 @@ class TorchBackend(Backend):
         if self.checkpoint.net.embed_tokens.weight.is_cuda:
             torch.cuda.empty_cache()
 
-    async def _events(self, request: GenerationRequest, *, drafts: bool) -> AsyncGenerator[StreamEvent, None]:
+    async def _events(self, request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
         scheduler = self._scheduler
-        job = await anyio.to_thread.run_sync(self._prepare, request, drafts, limiter=scheduler.worker)
+        job = await anyio.to_thread.run_sync(self._prepare, request, limiter=scheduler.worker)
         scheduler.submit(job)
         try:
             while True:
@@ -109,19 +121,18 @@ class TorchBackend(Backend):
                 await scheduler.advance(job)
         finally:
             scheduler.leave(job)
-        generation = job.progress.generation()
-        for call in generation.tool_calls:
-            yield ToolCallEvent(tool_call=call)
-        yield UsageEvent(usage=generation.usage)
-        yield DoneEvent(generation=generation)
+        for event in job.progress.final_events():
+            yield event
 
-    def _prepare(self, request: GenerationRequest, drafts: bool) -> Job:
+    def _prepare(self, request: GenerationRequest) -> Job:
         """Render and check a request: the job the scheduler runs."""
         net, defaults = self.checkpoint.net, self.checkpoint.defaults
         settings = defaults.resolve(request.diffusion)
-        prompt_ids = self.chat.encode(
-            self.chat.render(request.messages, tools=request.tools, thinking=request.thinking)
-        )
+        if request.tool_choice == "none" and self._call_marker is not None:
+            settings = dataclasses.replace(settings, banned_token_ids=(self._call_marker,))
+        forced = forced_call(request.tool_choice, request.tools)
+        prompt = self.chat.render(request.messages, tools=request.tools, thinking=request.thinking)
+        prompt_ids = self.chat.encode(prompt + (forced.opening if forced is not None else ""))
         max_tokens = token_budget(
             len(prompt_ids), request.max_tokens, self.options.default_max_tokens, self.checkpoint.config
         )
@@ -138,5 +149,7 @@ class TorchBackend(Backend):
             stop_tokens=set(defaults.eos_token_ids),
             stop_strings=request.stop,
             pad_token_id=defaults.pad_token_id,
+            drafts=request.drafts,
+            forced=forced,
         )
-        return Job(settings=settings, prompt_ids=prompt_ids, generator=generator, drafts=drafts, progress=progress)
+        return Job(settings=settings, prompt_ids=prompt_ids, generator=generator, progress=progress)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,28 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 from diffusiongemma_sdk import ConfigurationError, InvalidRequestError, Message, Tool
+from diffusiongemma_sdk._gemma4 import TOOL_CALL_OPEN
+from diffusiongemma_sdk._wire.fields import tool_call_json, tool_json
 
-__all__ = ["ChatFormat", "ChatTemplate"]
+__all__ = ["ChatFormat", "ChatTemplate", "ForcedCall", "forced_call"]
+
+
+@dataclass(frozen=True)
+class ForcedCall:
+    """A tool call the answer must be: the prompt ends with `opening`, which the model continues, and the call
+    names one of `names` (the first when the model writes none that can be read)."""
+
+    opening: str
+    names: tuple[str, ...]
+
+
+def forced_call(tool_choice: str | None, tools: list[Tool]) -> ForcedCall | None:
+    """The call that `tool_choice` "required" or a tool's name forces, in Gemma 4's markup; None for the others."""
+    if tool_choice in (None, "auto", "none"):
+        return None
+    names = tuple(tool.name for tool in tools) if tool_choice == "required" else (str(tool_choice),)
+    opening = f"{TOOL_CALL_OPEN}call:" + (names[0] if len(names) == 1 else "")
+    return ForcedCall(opening=opening, names=names)
 
 
 class ChatTemplate:
@@ -50,7 +71,7 @@ class ChatTemplate:
         try:
             return self._template.render(
                 messages=[_template_message(message, names) for message in messages],
-                tools=[{"type": "function", "function": tool.model_dump(mode="json")} for tool in tools] or None,
+                tools=[tool_json(tool) for tool in tools] or None,
                 add_generation_prompt=True,
                 enable_thinking=bool(thinking),
                 **self._special,
@@ -93,10 +114,7 @@ class ChatFormat(ChatTemplate):
 def _template_message(message: Message, tool_names: dict[str, str]) -> dict[str, Any]:
     rendered: dict[str, Any] = {"role": message.role, "content": message.text}
     if message.tool_calls:
-        rendered["tool_calls"] = [
-            {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
-            for call in message.tool_calls
-        ]
+        rendered["tool_calls"] = [tool_call_json(call, arguments="object") for call in message.tool_calls]
     if message.role == "tool":
         rendered["tool_call_id"] = message.tool_call_id
         rendered["name"] = message.name or tool_names.get(message.tool_call_id or "", "")

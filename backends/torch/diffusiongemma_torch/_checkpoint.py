@@ -10,29 +10,17 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from diffusiongemma_sdk import ConfigurationError, InvalidRequestError
+from diffusiongemma_sdk import ConfigurationError
+from diffusiongemma_torch._admission import check_load_memory
 from diffusiongemma_torch._config import GenerationDefaults, TextConfig
-from diffusiongemma_torch._engine import PREFILL_CHUNK
 from diffusiongemma_torch._model import DiffusionGemmaTextNet
 
-__all__ = [
-    "Checkpoint",
-    "batch_fits",
-    "cache_bytes",
-    "check_request_memory",
-    "default_device_and_dtype",
-    "estimate_bytes",
-    "load_checkpoint",
-    "request_bytes",
-    "resolve_checkpoint_dir",
-]
+__all__ = ["Checkpoint", "default_device_and_dtype", "load_checkpoint", "resolve_checkpoint_dir", "text_parameters"]
 
 _DECODER = "model.decoder."
 _ENCODER_SCALAR = "model.encoder.language_model.layers."
 _SKIPPED = ("model.encoder.", "lm_head.")  # vision tower, tied encoder copies, tied head
-_DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_WORKSPACE_COPIES = 6  # logits, probabilities, noise and entropy buffers of one canvas, fp32
 
 
 @dataclass
@@ -75,66 +63,9 @@ def default_device_and_dtype(device: str | None, dtype: str | torch.dtype | None
     return chosen, _DTYPES[dtype]
 
 
-def estimate_bytes(directory: Path, config: TextConfig, dtype: torch.dtype, batch: int = 1) -> int:
-    """Memory a generation needs: the text weights in `dtype` plus a canvas's vocab-sized fp32 workspace."""
-    parameters = sum(_numel(shape) for name, shape in _tensor_shapes(directory).items() if _keep(name))
-    return parameters * _DTYPE_BYTES[dtype] + batch * _workspace_bytes(config)
-
-
-def cache_bytes(config: TextConfig, tokens: int, dtype: torch.dtype) -> int:
-    """The KV cache of one request with `tokens` of context (sliding layers keep their window)."""
-    return sum(_layer_cache_elements(config, tokens)) * _DTYPE_BYTES[dtype]
-
-
-def request_bytes(config: TextConfig, tokens: int, dtype: torch.dtype, prefill_chunk: int) -> int:
-    """Memory one request adds to the loaded weights for `tokens` of context (prompt and answer).
-
-    Its KV cache; the largest transient of one layer's attention: that layer's keys and values copied once (the cache
-    and the new tokens joined) and once per query head when they are expanded for SDPA (every masked pass, and
-    unmasked ones on layers whose head dim is over 256); the prefill's two boolean masks of a chunk against the
-    context, and the additive copy SDPA makes of one. SDPA does not materialize the attention scores (measured on
-    CPU, torch 2.13: a 1,024 x 32,768 masked pass over 8 heads grew the peak by 135 MB, the float mask, not the
-    1 GiB of scores).
-    """
-    size = _DTYPE_BYTES[dtype]
-    layers = _layer_cache_elements(config, tokens)
-    groups = [config.num_heads // kv_heads for kv_heads in config.kv_heads]
-    transient = max(elements * (1 + group if group > 1 else 1) for elements, group in zip(layers, groups, strict=True))
-    chunk = min(tokens, prefill_chunk)
-    return (sum(layers) + transient) * size + chunk * tokens * (2 + size)
-
-
-def _layer_cache_elements(config: TextConfig, tokens: int) -> list[int]:
-    return [
-        2 * heads * head_dim * (min(tokens, config.sliding_window - 1) if sliding else tokens)
-        for sliding, head_dim, heads in zip(config.sliding, config.head_dims, config.kv_heads, strict=True)
-    ]
-
-
-def batch_fits(config: TextConfig, tokens: int, batch: int, dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether `batch` requests of `tokens` context each (the longest of them) fit in the memory left on `device`.
-
-    Per row: its `request_bytes` twice (the rows still being denoised get a compact copy of the cache) and a canvas's
-    vocab-sized workspace.
-    """
-    per_row = 2 * request_bytes(config, tokens, dtype, PREFILL_CHUNK) + _workspace_bytes(config)
-    return _free_when_short(batch * per_row, device) is None
-
-
-def _workspace_bytes(config: TextConfig) -> int:
-    """One canvas's fp32 logits, probabilities, noise and entropy buffers."""
-    return _WORKSPACE_COPIES * config.canvas_length * config.vocab_size * 4
-
-
-def check_request_memory(config: TextConfig, tokens: int, dtype: torch.dtype, device: torch.device) -> None:
-    """Raise a clear error before a request whose context cannot fit in the memory left on `device`."""
-    needed = request_bytes(config, tokens, dtype, PREFILL_CHUNK)
-    if (available := _free_when_short(needed, device)) is not None:
-        raise InvalidRequestError(
-            f"A context of {tokens} tokens (prompt plus max_tokens) needs about {needed / 2**30:.1f} GiB for its KV "
-            f"cache on {device}, but {available / 2**30:.1f} GiB is free. Lower max_tokens, shorten the prompt, or "
-            "free memory."
-        )
+def text_parameters(directory: Path) -> int:
+    """How many parameters of the checkpoint the text engine loads."""
+    return sum(_numel(shape) for name, shape in _tensor_shapes(directory).items() if _keep(name))
 
 
 def load_checkpoint(target: str, *, device: str | None = None, dtype: str | torch.dtype | None = None) -> Checkpoint:
@@ -143,7 +74,7 @@ def load_checkpoint(target: str, *, device: str | None = None, dtype: str | torc
     config = TextConfig.from_file(directory / "config.json")
     defaults = GenerationDefaults.from_file(directory / "generation_config.json", config)
     chosen_device, chosen_dtype = default_device_and_dtype(device, dtype)
-    _check_memory(directory, config, chosen_device, chosen_dtype)
+    check_load_memory(directory, text_parameters(directory), config, chosen_device, chosen_dtype)
     with torch.device("meta"):
         net = DiffusionGemmaTextNet(config)
     state = {}
@@ -202,35 +133,6 @@ def _numel(shape: list[int]) -> int:
     for size in shape:
         total *= size
     return total
-
-
-def _check_memory(directory: Path, config: TextConfig, device: torch.device, dtype: torch.dtype) -> None:
-    needed = estimate_bytes(directory, config, dtype)
-    if (available := _free_when_short(needed, device)) is not None:
-        raise ConfigurationError(
-            f"Loading {directory.name} on {device} in {str(dtype).removeprefix('torch.')} needs about "
-            f"{needed / 2**30:.1f} GiB but {available / 2**30:.1f} GiB is free. Free memory, use a quantized build "
-            "(gguf:), or pick another device/dtype (device=..., dtype=...)."
-        )
-
-
-def _free_when_short(needed: int, device: torch.device) -> int | None:
-    """The bytes free on `device` when they are fewer than `needed`; None when enough is free or it is unknown."""
-    available = _available_bytes(device)
-    return available if available is not None and needed > available else None
-
-
-def _available_bytes(device: torch.device) -> int | None:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def _hub_cache() -> Path:

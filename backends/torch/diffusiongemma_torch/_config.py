@@ -199,11 +199,7 @@ class SamplerSettings:
     confidence_threshold: float
     stability_threshold: int
     reference: bool = False
-
-    def temperature(self, steps_left: int, device: torch.device) -> torch.Tensor:
-        """Linear schedule from t_max at the first step towards t_min, in fp32 tensor arithmetic as the reference."""
-        step = torch.tensor(steps_left, dtype=torch.int32, device=device)
-        return self.t_min + (self.t_max - self.t_min) * (step / self.max_denoising_steps)
+    banned_token_ids: tuple[int, ...] = ()  # never sampled nor committed (tool_choice="none" bans the call marker)
 
 
 def canvases_for(max_tokens: int, canvas_length: int) -> int:

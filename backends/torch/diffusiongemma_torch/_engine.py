@@ -1,4 +1,8 @@
-"""Block-diffusion generation: prefill, then per canvas denoise until stable and confident, commit the argmax.
+"""Block-diffusion generation, as the reference sampler runs it (shared/reference/diffusiongemma-model.md §6).
+
+Prefill the prompt into the KV cache; then per canvas, every denoising step: 1. temperature, 2. forward,
+3. accept, 4. renoise, 5. stop; and once the canvas has converged (or its steps run out), 6. commit its argmax to
+the cache. The sampler's pieces are in `_sampler`, the rows' bookkeeping of a batch in `_rows`.
 
 `generate_canvases` is a generator of reports, one per denoising step and one per committed canvas, so a caller can
 stream drafts and stop between any two steps (closing the generator stops the work).
@@ -11,13 +15,20 @@ from dataclasses import dataclass
 
 import torch
 
+from diffusiongemma_torch._admission import PREFILL_CHUNK
 from diffusiongemma_torch._config import SamplerSettings
 from diffusiongemma_torch._model import DiffusionGemmaTextNet, KVCache
-from diffusiongemma_torch._sampler import Randomness, RowRandomness, SharedRandomness, sample_step
-
-PREFILL_CHUNK = 1024
-"""Prompt tokens encoded per pass: a long prompt's attention masks and scores grow with chunk x context, not
-context squared."""
+from diffusiongemma_torch._rows import BatchRows, CanvasRows
+from diffusiongemma_torch._sampler import (
+    LinearTemperatureSchedule,
+    Randomness,
+    RowRandomness,
+    SharedRandomness,
+    StableAndConfidentStop,
+    ban_tokens,
+    entropy_bound_acceptance,
+    token_distribution,
+)
 
 __all__ = ["CanvasCommitted", "DenoiseStep", "generate_canvases"]
 
@@ -98,105 +109,73 @@ def _canvases(
     stop_tokens: torch.Tensor,
     pad_token_id: int,
 ) -> Iterator[DenoiseStep | CanvasCommitted]:
-    device = limits.device
-    # with a generator per row, only the rows still being denoised are computed; a shared stream draws for all rows
-    # until every one has converged, as the reference does
-    compact = isinstance(randomness, RowRandomness)
-    finished = limits <= 0
-    passes = torch.zeros(len(limits), dtype=torch.int64, device=device)
-    live = torch.arange(len(limits), device=device)  # the batch rows `cache` holds, in its order
+    batch = BatchRows(cache, limits, compact=isinstance(randomness, RowRandomness))
     committed: torch.Tensor | None = None
     canvas_index = 0
     while True:
-        if compact and bool(finished[live].any()):  # finished rows leave the cache for good
-            kept = (~finished[live]).nonzero().flatten()
-            cache, live = cache.select(kept), live[kept]
-        if committed is not None:
-            net.encode(committed if len(live) == len(committed) else committed[live], cache)
-        passes_before = passes.clone()
-        argmax = yield from _denoise_canvas(net, cache, settings, randomness, canvas_index, live, finished, passes)
-        committed, finished = _finalize(argmax, finished, stop_tokens, pad_token_id)
-        finished |= limits <= canvas_index + 1
+        batch.drop_finished()
+        if committed is not None:  # 6. commit (the previous canvas): the encoder writes it into the KV cache
+            net.encode(batch.live_rows_of(committed), batch.cache)
+        passes_before = batch.passes.clone()
+        argmax = yield from _denoise_canvas(net, batch, settings, randomness, canvas_index)
+        committed = batch.commit(argmax, canvas_index, stop_tokens, pad_token_id)
         yield CanvasCommitted(
             canvas_index=canvas_index,
             tokens=committed,
-            steps=passes - passes_before,
-            finished=finished,
-            decoder_passes=passes.clone(),
+            steps=batch.passes - passes_before,
+            finished=batch.finished,
+            decoder_passes=batch.passes.clone(),
         )
-        if bool(finished.all()):
+        if bool(batch.finished.all()):
             return
         canvas_index += 1
 
 
 def _denoise_canvas(
     net: DiffusionGemmaTextNet,
-    cache: KVCache,
+    batch: BatchRows,
     settings: SamplerSettings,
     randomness: Randomness,
     canvas_index: int,
-    live: torch.Tensor,
-    finished: torch.Tensor,
-    passes: torch.Tensor,
 ) -> Generator[DenoiseStep, None, torch.Tensor]:
-    """Denoise one canvas until every row has converged or the steps run out; returns the argmax canvas.
-
-    `passes` counts each row's denoising passes, in place.
-    """
-    batch, device = len(finished), finished.device
-    length = net.config.canvas_length
-    compact = isinstance(randomness, RowRandomness)
-    canvas = torch.zeros(batch, length, dtype=torch.long, device=device)
-    canvas[live] = randomness.new_canvas(live.tolist())
-    randomness.prefetch(live.tolist())  # drawn while the first denoising pass runs
-    argmax, soft = canvas.clone(), None
-    converged = finished.clone() if compact else torch.zeros_like(finished)
-    # a canvas is never stable for more steps than it gets, so a longer history would change nothing
-    depth = min(settings.stability_threshold, settings.max_denoising_steps)
-    history = torch.full((depth, batch, length), -1, dtype=torch.long, device=device)
-    accepted_fraction = torch.zeros(batch, device=device)
-    mean_entropy = torch.zeros(batch, device=device)
-    rows, rows_cache = live, cache
+    """Denoise one canvas until every row has converged or the steps run out; returns the argmax canvas."""
+    device = batch.finished.device
+    rows = CanvasRows(batch, net.config.canvas_length, randomness)
+    schedule = LinearTemperatureSchedule(settings.t_min, settings.t_max, settings.max_denoising_steps)
+    stop = StableAndConfidentStop(
+        settings.stability_threshold, settings.confidence_threshold, settings.max_denoising_steps, rows.shape, device
+    )
     for step, steps_left in enumerate(range(settings.max_denoising_steps, 0, -1), start=1):
-        denoised = ~(converged | finished)
-        passes += denoised
-        if compact and not torch.equal(rows, denoised.nonzero().flatten()):
-            rows = denoised.nonzero().flatten()
-            rows_cache = cache.select(torch.searchsorted(live, rows))
-        scaled = net.denoise(canvas[rows], rows_cache, None if soft is None else soft[rows])
-        scaled = scaled / settings.temperature(steps_left, device)
-        outcome = sample_step(scaled, settings.entropy_bound, randomness, rows.tolist())
-        next_soft = net.soft_embedding(_self_conditioning_probabilities(scaled, outcome.probabilities, net.dtype))
-        next_argmax, next_canvas = outcome.argmax, outcome.next_canvas
-        kept = converged[rows]
-        if bool(kept.any()) and soft is not None:  # converged rows keep their state
-            next_argmax = torch.where(kept[:, None], argmax[rows], next_argmax)
-            next_canvas = torch.where(kept[:, None], canvas[rows], next_canvas)
-            next_soft = torch.where(kept[:, None, None], soft[rows], next_soft)
-        stable = (history[:, rows] == next_argmax[None]).all(dim=-1).all(dim=0)
-        if depth:
-            history[:, rows] = torch.cat([history[1:, rows], next_argmax[None]])
-        converged[rows] |= stable & (outcome.entropy.mean(dim=-1) < settings.confidence_threshold)
-        canvas[rows], argmax[rows] = next_canvas, next_argmax
-        if soft is None:
-            soft = torch.zeros(batch, *next_soft.shape[1:], dtype=next_soft.dtype, device=device)
-        soft[rows] = next_soft
-        accepted_fraction[rows] = outcome.accepted.float().mean(dim=-1)
-        mean_entropy[rows] = outcome.entropy.mean(dim=-1)
-        last_step = steps_left == 1 or bool(converged.all())
+        denoised = rows.start_step()
+        # 1. temperature: linear from t_max at the first step towards t_min at the last
+        temperature = schedule.at(steps_left, device)
+        # 2. forward: the decoder re-predicts the whole canvas from its noisy tokens and the last step's soft tokens
+        canvas, cache, soft = rows.inputs()
+        scaled = ban_tokens(net.denoise(canvas, cache, soft), settings.banned_token_ids) / temperature
+        probabilities, entropy = token_distribution(scaled, reference=settings.reference)
+        # 3. accept: the lowest-entropy positions within the entropy bound take a token sampled at this temperature
+        accepted = entropy_bound_acceptance(entropy, settings.entropy_bound)
+        # 4. renoise: every other position is redrawn uniformly from the vocabulary
+        next_canvas = randomness.draw(probabilities, accepted, rows.computed.tolist())
+        next_soft = net.soft_embedding(_self_conditioning_probabilities(scaled, probabilities, net.dtype))
+        argmax = torch.argmax(scaled, dim=-1)
+        argmax, next_canvas, next_soft = rows.keep_converged(argmax, next_canvas, next_soft)
+        # 5. stop: a row has converged once its argmax canvas is stable and its mean entropy is confident
+        rows.update(next_canvas, argmax, next_soft, accepted, entropy, stop.converged(rows.computed, argmax, entropy))
+        last_step = steps_left == 1 or rows.all_converged
         if not last_step:
-            randomness.prefetch((~converged).nonzero().flatten().tolist() if compact else live.tolist())
+            randomness.prefetch(rows.denoised_next())
         yield DenoiseStep(
             canvas_index=canvas_index,
             step=step,
-            draft=argmax.clone(),
-            accepted_fraction=accepted_fraction.clone(),
-            mean_entropy=mean_entropy.clone(),
+            draft=rows.argmax.clone(),
+            accepted_fraction=rows.accepted_fraction.clone(),
+            mean_entropy=rows.mean_entropy.clone(),
             denoised=denoised,
         )
         if last_step:
             break
-    return argmax
+    return rows.argmax
 
 
 def _self_conditioning_probabilities(
@@ -206,15 +185,3 @@ def _self_conditioning_probabilities(
     if dtype == torch.float32:
         return probabilities
     return torch.softmax(scaled.to(dtype), dim=-1, dtype=torch.float32)
-
-
-def _finalize(
-    tokens: torch.Tensor, finished: torch.Tensor, stop_tokens: torch.Tensor, pad: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad rows that finished earlier, and every token after the first stop token of rows finishing now."""
-    is_stop = torch.isin(tokens, stop_tokens)
-    tokens[finished] = pad
-    count = is_stop.cumsum(dim=-1)
-    after_first_stop = (count > 0) & ~((count == 1) & is_stop)
-    tokens[after_first_stop & ~finished[:, None]] = pad
-    return tokens, finished | is_stop.any(dim=-1)

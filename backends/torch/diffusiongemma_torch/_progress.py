@@ -1,5 +1,5 @@
 """A request's progress through the engine: its row of each report turned into stream events and, at the end, its
-`Generation`."""
+`Generation`. The model's text is parsed once, canvas by canvas, by the core's `GenerationAccumulator`."""
 
 from __future__ import annotations
 
@@ -7,16 +7,15 @@ import time
 from dataclasses import dataclass, field
 
 from diffusiongemma_sdk import (
-    CanvasEvent,
     DenoiseStepEvent,
     FinishReason,
-    Generation,
-    ReasoningEvent,
+    GenerationAccumulator,
     StreamEvent,
+    ToolCall,
+    ToolCallEvent,
     Usage,
 )
-from diffusiongemma_sdk._gemma4 import Gemma4StreamParser, parse_gemma4
-from diffusiongemma_torch._chat import ChatFormat
+from diffusiongemma_torch._chat import ChatFormat, ForcedCall
 from diffusiongemma_torch._engine import CanvasCommitted, DenoiseStep
 
 __all__ = ["RequestProgress"]
@@ -24,8 +23,9 @@ __all__ = ["RequestProgress"]
 
 @dataclass
 class RequestProgress:
-    """One request's progress, from its row of the engine's reports: committed tokens, text parsed so far, the
-    events they make, statistics."""
+    """One request's progress, from its row of the engine's reports: committed tokens, text decoded so far, the
+    events they make, statistics. With a `forced` call, the prompt ends with the call's opening, so the answer
+    continues it; `drafts` says whether the reader asked for each step's draft (decoded only then)."""
 
     backend: str
     chat: ChatFormat
@@ -34,6 +34,8 @@ class RequestProgress:
     stop_tokens: set[int]
     stop_strings: list[str]
     pad_token_id: int
+    drafts: bool = False
+    forced: ForcedCall | None = None
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     finish_reason: FinishReason = "length"
@@ -43,12 +45,18 @@ class RequestProgress:
     decoder_passes: int = 0
     started: float = field(default_factory=time.perf_counter)
     first_canvas_s: float | None = None
-    parser: Gemma4StreamParser = field(default_factory=Gemma4StreamParser)
+    accumulator: GenerationAccumulator = field(init=False)
 
-    def handle(self, report: DenoiseStep | CanvasCommitted, row: int, *, drafts: bool, every: int) -> list[StreamEvent]:
+    def __post_init__(self) -> None:
+        names = self.forced.names if self.forced is not None else ()
+        self.accumulator = GenerationAccumulator(self.backend, call_names=names)
+        if self.forced is not None:
+            self.accumulator.add_model_text(self.forced.opening)  # opens the call; makes no event yet
+
+    def handle(self, report: DenoiseStep | CanvasCommitted, row: int, *, every: int) -> list[StreamEvent]:
         """The events row `row` of an engine report makes."""
         if isinstance(report, DenoiseStep):
-            if not drafts or report.step % every or not report.denoised[row]:
+            if not self.drafts or report.step % every or not report.denoised[row]:
                 return []
             return [
                 DenoiseStepEvent(
@@ -60,6 +68,26 @@ class RequestProgress:
                 )
             ]
         return self._commit(report, row)
+
+    def final_events(self) -> list[StreamEvent]:
+        """The stream's last events once the request is complete: a forced call if the model wrote none, its
+        usage, and the `DoneEvent`."""
+        events: list[StreamEvent] = []
+        if self.forced is not None and not self.accumulator.tool_calls:  # the model wrote no call we can read
+            events.append(ToolCallEvent(tool_call=ToolCall(name=self.forced.names[0], raw_arguments=self.text)))
+            self.accumulator.add(events[0])
+        completion = len(self.tokens)
+        usage = Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=completion,
+            total_tokens=self.prompt_tokens + completion,
+            canvases=self.canvases,
+            denoising_steps=self.steps,
+            tokens_per_forward=completion / self.decoder_passes if self.decoder_passes else None,
+            ttft_s=self.first_canvas_s,
+            wall_s=time.perf_counter() - self.started,
+        )
+        return events + self.accumulator.final_events(self.finish_reason, usage=usage)
 
     def _commit(self, report: CanvasCommitted, row: int) -> list[StreamEvent]:
         steps = int(report.steps[row])
@@ -82,30 +110,4 @@ class RequestProgress:
         delta, self.text = text[len(self.text) :], text
         if len(self.tokens) >= self.max_tokens:
             self.complete = True
-        segments = self.parser.feed(delta) + (self.parser.close() if self.complete else [])
-        events: list[StreamEvent] = [ReasoningEvent(text_delta=s.text) for s in segments if s.kind == "reasoning"]
-        answer = "".join(s.text for s in segments if s.kind == "text")
-        events.append(CanvasEvent(canvas_index=self.canvases - 1, text_delta=answer, steps=steps))
-        return events
-
-    def generation(self) -> Generation:
-        parsed = parse_gemma4(self.text)
-        finish_reason: FinishReason = "tool_calls" if parsed.tool_calls else self.finish_reason
-        completion = len(self.tokens)
-        return Generation(
-            text=parsed.text,
-            reasoning=parsed.reasoning,
-            tool_calls=parsed.tool_calls,
-            finish_reason=finish_reason,
-            usage=Usage(
-                prompt_tokens=self.prompt_tokens,
-                completion_tokens=completion,
-                total_tokens=self.prompt_tokens + completion,
-                canvases=self.canvases,
-                denoising_steps=self.steps,
-                tokens_per_forward=completion / self.decoder_passes if self.decoder_passes else None,
-                ttft_s=self.first_canvas_s,
-                wall_s=time.perf_counter() - self.started,
-            ),
-            backend=self.backend,
-        )
+        return self.accumulator.add_model_text(delta, steps=steps, final=self.complete)

@@ -1,4 +1,5 @@
-"""The entropy-bound sampler: which canvas positions take a sampled token, and what the rest become.
+"""The pieces of the reference sampler: the temperature schedule, the token distribution, the entropy-bound
+acceptance rule, the renoising draw, the stable-and-confident stop rule (shared/reference/diffusiongemma-model.md §6).
 
 Two implementations of one distribution:
 
@@ -26,7 +27,18 @@ import torch
 
 from diffusiongemma_torch import _mt19937 as mt19937
 
-__all__ = ["NoiseSource", "Randomness", "RowRandomness", "SharedRandomness", "StepNoise", "StepOutcome", "sample_step"]
+__all__ = [
+    "LinearTemperatureSchedule",
+    "NoiseSource",
+    "Randomness",
+    "RowRandomness",
+    "SharedRandomness",
+    "StableAndConfidentStop",
+    "StepNoise",
+    "ban_tokens",
+    "entropy_bound_acceptance",
+    "token_distribution",
+]
 
 
 @dataclass
@@ -159,46 +171,77 @@ class RowRandomness:
 Randomness = SharedRandomness | RowRandomness
 
 
-@dataclass
-class StepOutcome:
-    """One denoising step's result for the rows it sampled."""
+@dataclass(frozen=True)
+class LinearTemperatureSchedule:
+    """The sampling temperature of each step: `t_max` at the first, falling linearly towards `t_min` at the last
+    (transformers' `LinearTemperatureScheduleLogitsProcessor`). `steps` is both the cap and the denominator, so
+    changing `max_denoising_steps` changes the temperature of every step."""
 
-    next_canvas: torch.Tensor  # [B, L] the canvas the next step reads
-    argmax: torch.Tensor  # [B, L] argmax of the temperature-scaled logits: the draft, and what a commit keeps
-    accepted: torch.Tensor  # [B, L] bool
-    entropy: torch.Tensor  # [B, L] entropy (nats) of the temperature-scaled logits
-    probabilities: torch.Tensor  # [B, L, V] fp32 softmax of the temperature-scaled logits
+    t_min: float
+    t_max: float
+    steps: int
+
+    def at(self, steps_left: int, device: torch.device) -> torch.Tensor:
+        """The temperature with `steps_left` steps to go, in fp32 tensor arithmetic as the reference computes it."""
+        step = torch.tensor(steps_left, dtype=torch.int32, device=device)
+        return self.t_min + (self.t_max - self.t_min) * (step / self.steps)
 
 
-def sample_step(
-    scaled_logits: torch.Tensor, entropy_bound: float, randomness: Randomness, rows: Sequence[int] | None = None
-) -> StepOutcome:
-    """Accept the lowest-entropy positions within `entropy_bound`, sample them, renoise the others.
-
-    `scaled_logits` are those of the batch rows `rows` (default: the whole batch), whose random numbers they draw.
-    The reference sampler takes `argmax(p / noise)` at accepted positions, which is the token `multinomial` draws
-    with that noise.
-    """
+def token_distribution(scaled_logits: torch.Tensor, *, reference: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each position's fp32 probabilities ([B, L, V]) and entropy in nats ([B, L]) under the temperature-scaled
+    logits; the reference sampler computes the entropy with `Categorical`'s operations, bit for bit."""
     probabilities = torch.softmax(scaled_logits, dim=-1, dtype=torch.float32)
-    if randomness.reference:
-        entropy = _categorical_entropy(scaled_logits)
-    else:
-        entropy = torch.logsumexp(scaled_logits, dim=-1) - (probabilities * scaled_logits).sum(dim=-1)
-    accepted = _entropy_bound_mask(entropy, entropy_bound)
-    return StepOutcome(
-        next_canvas=randomness.draw(probabilities, accepted, range(accepted.shape[0]) if rows is None else rows),
-        argmax=torch.argmax(scaled_logits, dim=-1),
-        accepted=accepted,
-        entropy=entropy,
-        probabilities=probabilities,
-    )
+    if reference:
+        return probabilities, _categorical_entropy(scaled_logits)
+    entropy = torch.logsumexp(scaled_logits, dim=-1) - (probabilities * scaled_logits).sum(dim=-1)
+    return probabilities, entropy
 
 
-def _entropy_bound_mask(entropy: torch.Tensor, bound: float) -> torch.Tensor:
-    """Accept the k lowest-entropy positions whose entropies, less the largest of them, sum to at most `bound`."""
+def entropy_bound_acceptance(entropy: torch.Tensor, bound: float) -> torch.Tensor:
+    """The acceptance rule: the k lowest-entropy positions whose entropies, less the largest of them, sum to at most
+    `bound`. The lowest-entropy position is always accepted; acceptance does not depend on any sample."""
     ordered, order = torch.sort(entropy, dim=-1)
     keep = torch.cumsum(ordered, dim=-1) - ordered <= bound
     return torch.scatter(torch.zeros_like(keep), dim=-1, index=order, src=keep)
+
+
+class StableAndConfidentStop:
+    """The stop rule: a row's canvas has converged once its argmax canvas equals each of the last
+    `stability_threshold` ones (the history starts at -1, so the first step is never stable) and its mean entropy is
+    below `confidence_threshold` (transformers' `StableAndConfidentStoppingCriteria`)."""
+
+    def __init__(
+        self,
+        stability_threshold: int,
+        confidence_threshold: float,
+        max_steps: int,
+        shape: tuple[int, int],
+        device: torch.device,
+    ) -> None:
+        # a canvas is never stable for more steps than it gets, so a longer history would change nothing
+        depth = min(stability_threshold, max_steps)
+        self._history = torch.full((depth, *shape), -1, dtype=torch.long, device=device)
+        self._confidence = confidence_threshold
+
+    def converged(self, rows: torch.Tensor, argmax: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
+        """Whether each of `rows` converged at this step, given its argmax canvas and entropies; records the canvas."""
+        stable = (self._history[:, rows] == argmax[None]).all(dim=-1).all(dim=0)
+        if len(self._history):
+            self._history[:, rows] = torch.cat([self._history[1:, rows], argmax[None]])
+        return stable & (entropy.mean(dim=-1) < self._confidence)
+
+
+BANNED_LOGIT = -1e4
+"""Where a banned token's logit is set: far below any softcapped logit, yet finite, so that entropies stay exact."""
+
+
+def ban_tokens(logits: torch.Tensor, token_ids: tuple[int, ...]) -> torch.Tensor:
+    """The logits with `token_ids` made impossible to sample or commit (how tool_choice='none' is enforced)."""
+    if not token_ids:
+        return logits
+    banned = logits.clone()
+    banned[..., list(token_ids)] = BANNED_LOGIT
+    return banned
 
 
 def _categorical_entropy(logits: torch.Tensor) -> torch.Tensor:

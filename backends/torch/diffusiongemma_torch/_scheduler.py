@@ -18,7 +18,8 @@ import anyio
 import torch
 
 from diffusiongemma_sdk import StreamEvent
-from diffusiongemma_torch._checkpoint import Checkpoint, batch_fits
+from diffusiongemma_torch._admission import batch_fits
+from diffusiongemma_torch._checkpoint import Checkpoint
 from diffusiongemma_torch._config import SamplerSettings, canvases_for
 from diffusiongemma_torch._engine import CanvasCommitted, DenoiseStep, generate_canvases
 from diffusiongemma_torch._progress import RequestProgress
@@ -33,7 +34,6 @@ class Job:
     settings: SamplerSettings
     prompt_ids: list[int]
     generator: torch.Generator
-    drafts: bool
     progress: RequestProgress
     pending: deque[StreamEvent] = field(default_factory=deque)
     batch: Batch | None = None
@@ -61,7 +61,7 @@ class Batch:
                 self.error, report = exc, None
             for row, job in enumerate(self.jobs):
                 if report is not None and not job.finished:
-                    job.pending.extend(job.progress.handle(report, row, drafts=job.drafts, every=every))
+                    job.pending.extend(job.progress.handle(report, row, every=every))
                 # only now: the event loop may read `pending` and the progress while this thread writes them
                 job.finished = report is None or job.progress.complete
 

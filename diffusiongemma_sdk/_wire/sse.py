@@ -1,4 +1,4 @@
-"""Server-sent events: decode a streaming HTTP response into JSON payloads (and, on request, comment lines)."""
+"""Server-sent events: JSON payloads and comment lines framed as `text/event-stream`, and read back."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from diffusiongemma_sdk._errors import APIResponseValidationError
 
-__all__ = ["DONE", "SSEComment", "iter_sse_items", "iter_sse_json"]
+__all__ = ["DONE", "SSE_DONE", "SSEComment", "iter_sse_items", "sse_comment", "sse_data"]
 
 DONE = "[DONE]"
+SSE_DONE = f"data: {DONE}\n\n".encode()
 
 
 @dataclass(frozen=True)
@@ -23,15 +22,18 @@ class SSEComment:
     text: str
 
 
-async def iter_sse_json(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-    """Yield each event's JSON data until `[DONE]` or the end of the body."""
-    async for item in iter_sse_items(response):
-        if not isinstance(item, SSEComment):
-            yield item
+def sse_data(payload: dict[str, Any]) -> bytes:
+    """One `data:` event carrying `payload` as compact JSON."""
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
-async def iter_sse_items(response: httpx.Response) -> AsyncIterator[dict[str, Any] | SSEComment]:
-    """Yield each event's JSON data, and each comment line, until `[DONE]` or the end of the body.
+def sse_comment(text: str) -> bytes:
+    """One comment line (with its blank line), which every SSE client skips."""
+    return f": {text}\n\n".encode()
+
+
+async def iter_sse_items(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any] | SSEComment]:
+    """Yield each event's JSON data, and each comment line, until `[DONE]` or the end of the lines.
 
     Follows the SSE rules that matter here: `data:` lines of one event are joined with newlines, a blank line ends
     the event, other fields are skipped. An `event: error` event is yielded like any other; the caller recognizes
@@ -39,7 +41,7 @@ async def iter_sse_items(response: httpx.Response) -> AsyncIterator[dict[str, An
     denoise drafts in them.
     """
     data: list[str] = []
-    async for line in response.aiter_lines():
+    async for line in lines:
         if line:
             field, _, value = line.partition(":")
             if field == "data":

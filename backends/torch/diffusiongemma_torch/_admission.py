@@ -1,0 +1,123 @@
+"""Memory admission: what loading a checkpoint, one request and a batch of requests need, against what is free.
+
+The loader checks the weights before it reads them; the backend checks each request before any work; the scheduler
+sizes each batch. All three use these estimates, so they agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from diffusiongemma_sdk import ConfigurationError, InvalidRequestError
+from diffusiongemma_torch._config import TextConfig
+
+__all__ = [
+    "DTYPE_BYTES",
+    "PREFILL_CHUNK",
+    "batch_fits",
+    "cache_bytes",
+    "check_load_memory",
+    "check_request_memory",
+    "load_bytes",
+    "request_bytes",
+]
+
+PREFILL_CHUNK = 1024
+"""Prompt tokens encoded per pass: a long prompt's attention masks grow with chunk x context, not context squared."""
+DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
+_WORKSPACE_COPIES = 6  # logits, probabilities, noise and entropy buffers of one canvas, fp32
+
+
+def load_bytes(parameters: int, config: TextConfig, dtype: torch.dtype) -> int:
+    """Memory a loaded checkpoint needs to generate: its text weights in `dtype` and one canvas's workspace."""
+    return parameters * DTYPE_BYTES[dtype] + _workspace_bytes(config)
+
+
+def cache_bytes(config: TextConfig, tokens: int, dtype: torch.dtype) -> int:
+    """The KV cache of one request with `tokens` of context (sliding layers keep their window)."""
+    return sum(_layer_cache_elements(config, tokens)) * DTYPE_BYTES[dtype]
+
+
+def request_bytes(config: TextConfig, tokens: int, dtype: torch.dtype, prefill_chunk: int = PREFILL_CHUNK) -> int:
+    """Memory one request adds to the loaded weights for `tokens` of context (prompt and answer).
+
+    Its KV cache; the largest transient of one layer's attention: that layer's keys and values copied once (the cache
+    and the new tokens joined) and once per query head when they are expanded for SDPA (every masked pass, and
+    unmasked ones on layers whose head dim is over 256); the prefill's two boolean masks of a chunk against the
+    context, and the additive copy SDPA makes of one. SDPA does not materialize the attention scores (measured on
+    CPU, torch 2.13: a 1,024 x 32,768 masked pass over 8 heads grew the peak by 135 MB, the float mask, not the
+    1 GiB of scores).
+    """
+    size = DTYPE_BYTES[dtype]
+    layers = _layer_cache_elements(config, tokens)
+    groups = [config.num_heads // kv_heads for kv_heads in config.kv_heads]
+    transient = max(elements * (1 + group if group > 1 else 1) for elements, group in zip(layers, groups, strict=True))
+    chunk = min(tokens, prefill_chunk)
+    return (sum(layers) + transient) * size + chunk * tokens * (2 + size)
+
+
+def batch_fits(config: TextConfig, tokens: int, batch: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether `batch` requests of `tokens` context each (the longest of them) fit in the memory left on `device`.
+
+    Per row: its `request_bytes` twice (the rows still being denoised get a compact copy of the cache) and a canvas's
+    vocab-sized workspace.
+    """
+    per_row = 2 * request_bytes(config, tokens, dtype) + _workspace_bytes(config)
+    return _free_when_short(batch * per_row, device) is None
+
+
+def check_request_memory(config: TextConfig, tokens: int, dtype: torch.dtype, device: torch.device) -> None:
+    """Raise a clear error before a request whose context cannot fit in the memory left on `device`."""
+    needed = request_bytes(config, tokens, dtype)
+    if (available := _free_when_short(needed, device)) is not None:
+        raise InvalidRequestError(
+            f"A context of {tokens} tokens (prompt plus max_tokens) needs about {needed / 2**30:.1f} GiB for its KV "
+            f"cache on {device}, but {available / 2**30:.1f} GiB is free. Lower max_tokens, shorten the prompt, or "
+            "free memory."
+        )
+
+
+def check_load_memory(
+    directory: Path, parameters: int, config: TextConfig, device: torch.device, dtype: torch.dtype
+) -> None:
+    """Raise a clear error before loading weights that cannot fit in the memory left on `device`."""
+    needed = load_bytes(parameters, config, dtype)
+    if (available := _free_when_short(needed, device)) is not None:
+        raise ConfigurationError(
+            f"Loading {directory.name} on {device} in {str(dtype).removeprefix('torch.')} needs about "
+            f"{needed / 2**30:.1f} GiB but {available / 2**30:.1f} GiB is free. Free memory, use a quantized build "
+            "(gguf:), or pick another device/dtype (device=..., dtype=...)."
+        )
+
+
+def _layer_cache_elements(config: TextConfig, tokens: int) -> list[int]:
+    return [
+        2 * heads * head_dim * (min(tokens, config.sliding_window - 1) if sliding else tokens)
+        for sliding, head_dim, heads in zip(config.sliding, config.head_dims, config.kv_heads, strict=True)
+    ]
+
+
+def _workspace_bytes(config: TextConfig) -> int:
+    """One canvas's fp32 logits, probabilities, noise and entropy buffers."""
+    return _WORKSPACE_COPIES * config.canvas_length * config.vocab_size * 4
+
+
+def _free_when_short(needed: int, device: torch.device) -> int | None:
+    """The bytes free on `device` when they are fewer than `needed`; None when enough is free or it is unknown."""
+    available = _available_bytes(device)
+    return available if available is not None and needed > available else None
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
