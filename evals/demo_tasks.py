@@ -4,7 +4,8 @@
 
 Prompts come from `diffusiongemma_torch.demo.tasks` with a seed the training never uses. Everything goes through the
 public client, so any backend spec that serves the demo model can be evaluated (for example a `serve` instance).
-Prints one table: exact match per task, valid tool-call rate, mean denoising steps per canvas and tokens per forward.
+Prints one table: exact match per task, valid tool-call rate, mean denoising steps per canvas and tokens per forward,
+then sort by list length (2-5, 6-10, 11-20, 21-40 numbers) at the default settings.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ TASKS = {
     "add: call": lambda rng: add_task(rng),
     "add: answer": lambda rng: add_task(rng, answered_call=True),
 }
+SORT_BUCKETS = [(2, 5), (6, 10), (11, 20), (21, 40)]
+"""List lengths of the by-length sort rows (each row draws its lengths uniformly from its range)."""
+for _low, _high in SORT_BUCKETS:
+    TASKS[f"sort {_low}-{_high}"] = lambda rng, low=_low, high=_high: sort_task(rng, length=rng.randint(low, high))
+MAIN_TASKS = ["sort", "reverse", "add: call", "add: answer"]
 
 
 @dataclass
@@ -92,6 +98,8 @@ async def main() -> None:
     parser.add_argument("--prompts", type=int, default=100, help="prompts per task at the default settings")
     parser.add_argument("--sweep", default="4,8,16", help="max_denoising_steps values to sweep (comma separated)")
     parser.add_argument("--sweep-prompts", type=int, default=40)
+    parser.add_argument("--length-prompts", type=int, default=40, help="prompts per row of sort by list length")
+    parser.add_argument("--tasks", default=",".join(MAIN_TASKS), help="tasks of the main rows (comma separated)")
     parser.add_argument("--show-failures", action="store_true")
     parser.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE", help="a DiffusionParams override for every row"
@@ -101,14 +109,18 @@ async def main() -> None:
 
     settings = [("default", None, False, args.prompts), ("default, thinking", None, True, args.sweep_prompts)]
     settings += [(f"steps={s}", int(s), False, args.sweep_prompts) for s in args.sweep.split(",") if s]
+    tasks = [task for task in args.tasks.split(",") if task]
+    by_length = [f"sort {low}-{high}" for low, high in SORT_BUCKETS]
     columns = ["setting", "task", "prompts", "exact match", "valid tool calls", "thought written", "steps/canvas"]
     print("| " + " | ".join([*columns, "tokens/forward"]) + " |")
     print("|---|---|---|---|---|---|---|---|")
     async with AsyncDiffusionGemma(backend=args.backend) as client:
-        for label, steps, thinking, prompts in settings:
+        rows = [(label, steps, thinking, prompts, tasks) for label, steps, thinking, prompts in settings]
+        rows.append(("default, by length", None, False, args.length_prompts, by_length))
+        for label, steps, thinking, prompts, names in rows:
             if not prompts:
                 continue
-            for task_name in TASKS:
+            for task_name in names:
                 diffusion = DiffusionParams.model_validate({**overrides, "max_denoising_steps": steps})
                 tally = await evaluate(client, task_name, prompts, thinking, diffusion)
                 print(tally.row(label, task_name, thinking), flush=True)

@@ -20,7 +20,7 @@ THOUGHTS = {
     "call": "I will call the add tool.",
     "answer": "The tool gave the sum.",
 }
-MIXTURE: dict[TaskKind, float] = {"sort": 0.30, "reverse": 0.40, "add": 0.30}
+MIXTURE: dict[TaskKind, float] = {"sort": 0.6, "reverse": 0.2, "add": 0.2}
 COPY_FORMS = [("spaced", "spaced"), ("spaced", "bare"), ("bare", "bare"), ("spaced word", "spaced word"),
               ("spaced word", "bare word")]  # fmt: skip
 """Copy exercises: (the form of the prompt's items, the form the canvas writes them in)."""
@@ -73,9 +73,9 @@ def completion_text(task: DemoTask, thinking: bool) -> str:
     return (f"<|channel>thought\n{thought}<channel|>" if thinking else "") + body
 
 
-def sample_example(rng: random.Random, chat: ChatFormat) -> Example:
+def sample_example(rng: random.Random, chat: ChatFormat, mixture: dict[TaskKind, float] = MIXTURE) -> Example:
     """A random task with random presentation: thinking on or off, tool declarations varied, extra tools offered."""
-    kind: TaskKind = rng.choices(list(MIXTURE), weights=list(MIXTURE.values()))[0]
+    kind: TaskKind = rng.choices(list(mixture), weights=list(mixture.values()))[0]
     task = sample_task(rng, kind)
     thinking = rng.random() < 0.3
     tools = [_varied_add_tool(rng)] if task.tools or rng.random() < 0.15 else []
@@ -108,13 +108,16 @@ def _varied_add_tool(rng: random.Random) -> Tool:
 
 def canvas_example(
     example: Example, rng: random.Random, canvas_length: int, pad_id: int
-) -> tuple[list[int], list[int]]:
-    """One canvas of an example, chosen at random: (encoder input ids, target canvas ids)."""
+) -> tuple[list[int], list[int], int]:
+    """One canvas of an example, chosen at random.
+
+    Returns the encoder input ids, the target canvas ids and how many answer tokens the encoder input ends with.
+    """
     canvases = -(-len(example.answer) // canvas_length)
     index = rng.randrange(canvases)
     start = index * canvas_length
     target = example.answer[start : start + canvas_length]
-    return example.prompt + example.answer[:start], target + [pad_id] * (canvas_length - len(target))
+    return example.prompt + example.answer[:start], target + [pad_id] * (canvas_length - len(target)), start
 
 
 def copy_example(rng: random.Random, chat: ChatFormat, canvas_length: int) -> Example:
