@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 from diffusiongemma_sdk import Message, Tool
 from diffusiongemma_torch._chat import ChatFormat
-from diffusiongemma_torch.demo.tasks import ADD_TOOL, WORDS, DemoTask, TaskKind, sample_task
+from diffusiongemma_torch.demo.tasks import ADD_TOOL, WORDS, DemoTask, TaskKind, sample_task, sort_task
 
 THOUGHTS = {
     "sort": "I will sort the numbers.",
@@ -73,10 +73,15 @@ def completion_text(task: DemoTask, thinking: bool) -> str:
     return (f"<|channel>thought\n{thought}<channel|>" if thinking else "") + body
 
 
-def sample_example(rng: random.Random, chat: ChatFormat, mixture: dict[TaskKind, float] = MIXTURE) -> Example:
-    """A random task with random presentation: thinking on or off, tool declarations varied, extra tools offered."""
+def sample_example(
+    rng: random.Random, chat: ChatFormat, mixture: dict[TaskKind, float] = MIXTURE, sort_max: int | None = None
+) -> Example:
+    """A random task with random presentation: thinking on or off, tool declarations varied, extra tools offered.
+
+    `sort_max` caps the sort lists' length (2 to `sort_max` numbers, uniform): a length curriculum.
+    """
     kind: TaskKind = rng.choices(list(mixture), weights=list(mixture.values()))[0]
-    task = sample_task(rng, kind)
+    task = sort_task(rng, length=rng.randint(2, sort_max)) if kind == "sort" and sort_max else sample_task(rng, kind)
     thinking = rng.random() < 0.3
     tools = [_varied_add_tool(rng)] if task.tools or rng.random() < 0.15 else []
     if tools and rng.random() < 0.15:

@@ -38,12 +38,13 @@ from transformers import (
 
 from diffusiongemma_torch._chat import ChatFormat, ChatTemplate
 from diffusiongemma_torch.demo import DEMO_DIR
-from diffusiongemma_torch.demo.tasks import TaskKind, sample_task
+from diffusiongemma_torch.demo.tasks import SORT_LENGTHS, TaskKind, sample_task
 from training.demo_examples import Example, canvas_example, completion_text, copy_example, sample_example
 from training.demo_tokenizer import VOCAB_SIZE, build_tokenizer
 
 CANVAS = 16
 COPY_SHARE = 0.1
+SORT_START = 8
 IGNORE = -100
 GENERATION_CONFIG = {
     "max_denoising_steps": 32,
@@ -117,6 +118,8 @@ class Data:
     mixture: dict[TaskKind, float]
     copy_steps: int
     encoder_loss: bool
+    sort_ramp: int = 0
+    """Over the first `sort_ramp` batches the sort lists' longest length grows from `SORT_START` to 40."""
 
 
 def batches(rng: random.Random, chat: ChatFormat, size: int, data: Data, pool: int = 16) -> Iterator[Batch]:
@@ -129,7 +132,10 @@ def batches(rng: random.Random, chat: ChatFormat, size: int, data: Data, pool: i
     drawn = 0
     while True:
         share = 1.0 if drawn < data.copy_steps else COPY_SHARE
-        examples = [_example(rng, chat, share, data) for _ in range(size * pool)]
+        sort_max = None
+        if drawn < data.sort_ramp:
+            sort_max = SORT_START + (SORT_LENGTHS[1] - SORT_START) * drawn // data.sort_ramp
+        examples = [_example(rng, chat, share, data, sort_max) for _ in range(size * pool)]
         pairs = sorted(
             (canvas_example(example, rng, data.canvas, 0) for example in examples), key=lambda pair: len(pair[0])
         )
@@ -139,10 +145,10 @@ def batches(rng: random.Random, chat: ChatFormat, size: int, data: Data, pool: i
         yield from (_collate(group, data.encoder_loss, chat) for group in groups)
 
 
-def _example(rng: random.Random, chat: ChatFormat, copy_share: float, data: Data) -> Example:
+def _example(rng: random.Random, chat: ChatFormat, copy_share: float, data: Data, sort_max: int | None) -> Example:
     if rng.random() < copy_share:
         return copy_example(rng, chat, data.canvas)
-    return sample_example(rng, chat, data.mixture)
+    return sample_example(rng, chat, data.mixture, sort_max)
 
 
 def _collate(pairs: list[tuple[list[int], list[int], int]], encoder_loss: bool, chat: ChatFormat) -> Batch:
@@ -233,7 +239,7 @@ def _mixture(text: str) -> dict[TaskKind, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=DEMO_DIR)
-    parser.add_argument("--steps", type=int, default=8000)
+    parser.add_argument("--steps", type=int, default=4500)
     parser.add_argument("--copy-steps", type=int, default=300, help="steps of copy exercises only, at the start")
     parser.add_argument("--batch", type=int, default=24)
     parser.add_argument("--lr", type=float, default=8e-3)
@@ -249,14 +255,20 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=Path, help="also save the model every --save-every steps here")
     parser.add_argument("--save-every", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", type=Path, help="start from this saved model (its architecture and canvas win)")
+    parser.add_argument("--sort-ramp", type=int, default=0, help="steps over which sort lists grow to 40 numbers")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True)
+    if args.init:  # loaded before the tokenizer is written, which may be into the same directory
+        model = DiffusionGemmaForBlockDiffusion.from_pretrained(args.init, dtype=torch.float32).train()
+        args.canvas = model.config.canvas_length
+    else:
+        config = model_config(args.hidden, args.layers, args.heads, args.head_dim, args.canvas, args.window)
+        model = DiffusionGemmaForBlockDiffusion(config).train()
     args.out.mkdir(parents=True, exist_ok=True)
     chat = write_tokenizer(args.out, args.seed)
-    config = model_config(args.hidden, args.layers, args.heads, args.head_dim, args.canvas, args.window)
-    model = DiffusionGemmaForBlockDiffusion(config).train()
     print(f"{sum(p.numel() for p in model.model.decoder.parameters()):,} parameters", flush=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     warmup = max(1, args.steps // 20)
@@ -269,6 +281,7 @@ def main() -> None:
         mixture=_mixture(args.mixture),
         copy_steps=args.copy_steps,
         encoder_loss=args.encoder_loss > 0,
+        sort_ramp=args.sort_ramp,
     )
     started, smoothed = time.monotonic(), None
     for step, batch in enumerate(batches(random.Random(args.seed), chat, args.batch, data), start=1):
