@@ -18,7 +18,14 @@ from diffusiongemma_sdk._backend import Capabilities, GenerationRequest, tool_ch
 from diffusiongemma_sdk._errors import UnsupportedParameterError
 from diffusiongemma_sdk._types import Message, TextPart
 
-__all__ = ["FIELD_RULES", "FieldRule", "UnsupportedParameterWarning", "UnsupportedPolicy", "apply_policy"]
+__all__ = [
+    "FIELD_RULES",
+    "FieldRule",
+    "UnsupportedParameterWarning",
+    "UnsupportedPolicy",
+    "apply_policy",
+    "contract_table",
+]
 
 UnsupportedPolicy = Literal["error", "warn", "drop"]
 HONOURED = "honoured"
@@ -167,6 +174,16 @@ def apply_policy(
             )
         request = request.model_copy(update=dict(rule.drop(request)))
     return request
+
+
+def contract_table(backends: Mapping[str, Capabilities]) -> str:
+    """A markdown table: one row per `GenerationRequest` field, one column per backend, what each declares."""
+    names = list(backends)
+    lines = ["| field | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for field, rule in FIELD_RULES.items():
+        cells = [rule.declared(capabilities) for capabilities in backends.values()]
+        lines.append(f"| `{field}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _without_images(message: Message) -> Message:
