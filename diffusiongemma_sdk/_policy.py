@@ -25,6 +25,7 @@ __all__ = [
     "UnsupportedPolicy",
     "apply_policy",
     "contract_table",
+    "refuse",
 ]
 
 UnsupportedPolicy = Literal["error", "warn", "drop"]
@@ -164,16 +165,22 @@ def apply_policy(
         why = rule.refusal(request, capabilities)
         if why is None:
             continue
-        if policy == "error":
-            raise UnsupportedParameterError(backend, rule.parameter, why)
-        if policy == "warn":
-            warnings.warn(
-                f"Backend '{backend}' does not support '{rule.parameter}'; it was dropped from the request.",
-                UnsupportedParameterWarning,
-                stacklevel=_stacklevel_outside_the_sdk(),
-            )
+        refuse(rule.parameter, why, backend=backend, policy=policy)
         request = request.model_copy(update=dict(rule.drop(request)))
     return request
+
+
+def refuse(parameter: str, why: str, *, backend: str, policy: UnsupportedPolicy) -> None:
+    """Apply the policy to a parameter the backend cannot honour: raise ("error") or warn ("warn"); the caller drops
+    it. Integrations use it for parameters of their own that no request field carries (LangChain's `temperature`)."""
+    if policy == "error":
+        raise UnsupportedParameterError(backend, parameter, why)
+    if policy == "warn":
+        warnings.warn(
+            f"Backend '{backend}' does not support '{parameter}'; it was dropped from the request.",
+            UnsupportedParameterWarning,
+            stacklevel=_stacklevel_outside_the_sdk(),
+        )
 
 
 def contract_table(backends: Mapping[str, Capabilities]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
 from typing import Any
 
 import anyio
@@ -152,6 +153,16 @@ async def test_waiting_requests_share_a_batch_and_each_gets_its_own_answer(monke
         same_generation(got, want)
     assert answers[2] is not None
     assert answers[2].tool_calls[0].arguments == {"a": 12, "b": 30}
+
+
+async def test_requests_sent_together_to_an_idle_engine_share_a_batch() -> None:
+    """Nothing holds the engine: the first request ready waits for the others still being prepared."""
+    async with AsyncDiffusionGemma("torch:demo", backend_options={"max_batch": 8}) as client:
+        assert isinstance(client.backend, TorchBackend)
+        async with anyio.create_task_group() as group:
+            for i, prompt in enumerate(PROMPTS):
+                group.start_soon(partial(client.generate, prompt, seed=i))
+        assert client.backend.batch_sizes == {len(PROMPTS): 1}
 
 
 async def test_a_stream_in_a_batch_sees_its_own_steps_and_a_reader_leaving_holds_up_nobody(

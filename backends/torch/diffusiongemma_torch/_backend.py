@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Literal
@@ -82,13 +83,22 @@ class TorchBackend(Backend):
         self._call_marker = chat.token_id(TOOL_CALL_OPEN)
         forms = CAPABILITIES.tool_choice if self._call_marker is not None else ("auto",)
         self._capabilities = CAPABILITIES.model_copy(
-            update={"max_concurrency": options.max_batch, "tool_choice": forms}
+            update={
+                "max_concurrency": options.max_batch,
+                "tool_choice": forms,
+                "context_window": checkpoint.config.max_position_embeddings,
+            }
         )
         self._scheduler = Scheduler(checkpoint, max_batch=options.max_batch, stream_every=options.stream_every)
 
     @property
     def capabilities(self) -> Capabilities:
         return self._capabilities
+
+    @property
+    def batch_sizes(self) -> Counter[int]:
+        """How many batches of each size the engine has denoised (requests that shared a pass), for monitoring."""
+        return Counter(self._scheduler.batch_sizes)
 
     async def generate(self, request: GenerationRequest) -> Generation:
         async with aclosing(self._events(request.model_copy(update={"drafts": False}))) as events:
@@ -108,8 +118,9 @@ class TorchBackend(Backend):
 
     async def _events(self, request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
         scheduler = self._scheduler
-        job = await anyio.to_thread.run_sync(self._prepare, request, limiter=scheduler.worker)
-        scheduler.submit(job)
+        async with scheduler.arriving():
+            job = await anyio.to_thread.run_sync(self._prepare, request, limiter=scheduler.worker)
+            scheduler.submit(job)
         try:
             while True:
                 while job.pending:

@@ -2,16 +2,21 @@
 
 Requests wait in order. When the engine is free, the first task to get it starts a batch: the oldest waiting request
 and the waiting ones with the same diffusion settings, up to `max_batch` and to what free memory holds; the others
-wait for the batch to end. Whichever request of a batch needs its next events steps the whole batch; the worker
-thread hands each step's events to every request, so a reader that is slow, gone or cancelled (even by asyncio
-itself, which passes through anyio's shields) never stalls the others or loses them a step.
+wait for the batch to end. Requests that arrived together (`abatch`, a fan-out) are still being rendered and
+tokenized when the first of them is ready, so with `max_batch` over 1 a batch starts `ADMISSION_WINDOW_S` after the
+engine frees and once those in preparation have joined the queue (or `ADMISSION_WAIT_S` has passed).
+
+Whichever request of a batch needs its next events steps the whole batch; the worker thread hands each step's events
+to every request, so a reader that is slow, gone or cancelled (even by asyncio itself, which passes through anyio's
+shields) never stalls the others or loses them a step.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import deque
-from collections.abc import Generator
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Generator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import anyio
@@ -24,7 +29,13 @@ from diffusiongemma_torch._config import SamplerSettings, canvases_for
 from diffusiongemma_torch._engine import CanvasCommitted, DenoiseStep, generate_canvases
 from diffusiongemma_torch._progress import RequestProgress
 
-__all__ = ["Batch", "Job", "Scheduler"]
+__all__ = ["ADMISSION_WAIT_S", "Batch", "Job", "Scheduler"]
+
+ADMISSION_WINDOW_S = 0.02
+"""How long a batch waits to start for requests sent at the same moment that have not arrived yet (callers hop
+threads and loops on their way: LangChain's fan-outs, a server's concurrent connections)."""
+ADMISSION_WAIT_S = 0.25
+"""The longest a batch waits to start for requests still being prepared (a steady stream of arrivals starves no one)."""
 
 
 @dataclass(eq=False)
@@ -77,7 +88,22 @@ class Scheduler:
         self.worker = anyio.CapacityLimiter(1)
         self.waiting: list[Job] = []
         self.running: Batch | None = None
+        self.batch_sizes: Counter[int] = Counter()  # rows of each batch started -> how many such batches
+        self.preparing = 0  # requests that have arrived and are not yet waiting (rendered and tokenized meanwhile)
         self._changed: anyio.Event | None = None
+        self._prepared: anyio.Event | None = None
+
+    @asynccontextmanager
+    async def arriving(self) -> AsyncIterator[None]:
+        """Around a request's preparation: a batch about to start waits for it."""
+        self.preparing += 1
+        try:
+            yield
+        finally:
+            self.preparing -= 1
+            if not self.preparing and self._prepared is not None:
+                self._prepared.set()
+                self._prepared = None
 
     def submit(self, job: Job) -> None:
         self.waiting.append(job)
@@ -94,6 +120,8 @@ class Scheduler:
         """Wait for the engine, then step `job`'s batch, unless another task has meanwhile given it events."""
         while (running := self.running) is not None and running is not job.batch:
             await self._changes().wait()
+        if self.running is None and self.max_batch > 1:
+            await self._arrivals_settled()
         async with self.engine:
             if job.pending or job.finished:
                 return
@@ -115,6 +143,7 @@ class Scheduler:
         for job in jobs:
             self.waiting.remove(job)
         batch = Batch(settings=leader.settings, jobs=jobs)
+        self.batch_sizes[len(jobs)] += 1
         width = max(len(job.prompt_ids) for job in jobs)
         padding = [width - len(job.prompt_ids) for job in jobs]
         prompt = [[defaults.pad_token_id] * pad + job.prompt_ids for pad, job in zip(padding, jobs, strict=True)]
@@ -152,6 +181,15 @@ class Scheduler:
 
     def _canvases(self, job: Job) -> int:
         return canvases_for(job.progress.max_tokens, self.checkpoint.config.canvas_length)
+
+    async def _arrivals_settled(self) -> None:
+        """Wait (a little at most) until no request is being prepared, so that requests sent together batch together."""
+        await anyio.sleep(ADMISSION_WINDOW_S)
+        with anyio.move_on_after(ADMISSION_WAIT_S):
+            while self.preparing:
+                if self._prepared is None:
+                    self._prepared = anyio.Event()
+                await self._prepared.wait()
 
     def _changes(self) -> anyio.Event:
         """An event set when the running batch ends."""

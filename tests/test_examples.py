@@ -1,0 +1,30 @@
+"""The scripts in examples/ run as a user runs them (a fresh process, default arguments: the bundled demo model)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+# what each example prints when it did its job, beyond exiting with 0
+EXPECTED = {
+    "langchain_agent.py": ["tool add -> 42", "model: 42", "draft, canvas 0 step 1"],
+}
+
+
+def test_every_example_is_checked() -> None:
+    assert sorted(path.name for path in EXAMPLES.glob("*.py")) == sorted(EXPECTED)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_runs(name: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=170, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    for line in EXPECTED[name]:
+        assert line in done.stdout, done.stdout
