@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._results import write_bars
 from diffusiongemma_torch._checkpoint import load_checkpoint
 from diffusiongemma_torch._config import SamplerSettings
 from diffusiongemma_torch._engine import CanvasCommitted, generate_canvases
@@ -107,6 +108,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--batch", type=int, default=1, help="prompts generated together")
+    parser.add_argument("--json", type=Path, help="also write the table to this file (docs/data/ for the site)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
@@ -141,6 +143,14 @@ def main() -> None:
             f"{name:<44}{seconds / args.canvases:>10.3f}{steps / seconds:>10.2f}{tokens / seconds:>10.1f}"
             f"{their_time / seconds:>7.2f}x"
         )
+    write_bars(
+        args.json,
+        title=f"Torch engine vs transformers' generate(): batch {args.batch}, {args.device} {args.dtype}",
+        rows=[{"implementation": name, "tokens_per_s": tokens / s, "ratio": their_time / s} for name, s in rows],
+        label="implementation",
+        value="tokens_per_s",
+        value_label="tokens/s",
+    )
     print(
         "(reference: tokens identical to transformers; default: the same distribution, other random draws; "
         "per-row generators: as the torch backend batches requests)"

@@ -12,6 +12,10 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # what each example prints when it did its job, beyond exiting with 0
 EXPECTED = {
     "langchain_agent.py": ["tool add -> 42", "model: 42", "draft, canvas 0 step 1"],
+    "quickstart.py": ["answer: ", "committed: 'blue green red'", "reasoning: I will reverse the words."],
+    "serve_and_switch.py": ["torch:demo            -> blue green red", "/v1 -> blue green red", "openai-python"],
+    "testing_your_app.py": ["answer: The sum is 42.", "one retried after a 429"],
+    "tool_round_trip.py": ["call: add({'a': 12, 'b': 30})", "answer: 42"],
 }
 
 
