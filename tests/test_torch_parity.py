@@ -62,7 +62,8 @@ def test_logits_match_prefill_denoise_self_conditioning_commit(pair: tuple) -> N
     reference, net, spec = pair
     generator = torch.Generator().manual_seed(1)
     prompt = torch.randint(3, spec.vocab, (2, spec.sliding_window + 3), generator=generator)
-    hf_cache, cache = DynamicCache(config=reference.config.text_config), net.new_cache(2)
+    hf_cache = DynamicCache(config=reference.config.text_config)
+    cache = net.new_cache(2, capacity=spec.sliding_window + 3 + 3 * spec.canvas)
     encoded = reference.model.encoder(input_ids=prompt, past_key_values=hf_cache)
     assert_close(softcapped(reference, encoded.last_hidden_state), net.encode(prompt, cache, logits=True))
     for _canvas in range(3):  # several canvases: the context runs past the sliding window

@@ -35,25 +35,25 @@ def load_bytes(parameters: int, config: TextConfig, dtype: torch.dtype) -> int:
     return parameters * DTYPE_BYTES[dtype] + _workspace_bytes(config)
 
 
-def cache_bytes(config: TextConfig, tokens: int, dtype: torch.dtype) -> int:
-    """The KV cache of one request with `tokens` of context (sliding layers keep their window)."""
-    return sum(_layer_cache_elements(config, tokens)) * DTYPE_BYTES[dtype]
+def cache_bytes(config: TextConfig, tokens: int, dtype: torch.dtype, prefill_chunk: int = PREFILL_CHUNK) -> int:
+    """The KV cache buffers of one request with `tokens` of context: all of it on full-attention layers, the window
+    and one pass's room on sliding ones (`KVCache`)."""
+    return sum(_layer_cache_elements(config, tokens, prefill_chunk)) * DTYPE_BYTES[dtype]
 
 
 def request_bytes(config: TextConfig, tokens: int, dtype: torch.dtype, prefill_chunk: int = PREFILL_CHUNK) -> int:
     """Memory one request adds to the loaded weights for `tokens` of context (prompt and answer).
 
-    Its KV cache; the largest transient of one layer's attention: that layer's keys and values copied once (the cache
-    and the new tokens joined) and once per query head when they are expanded for SDPA (every masked pass, and
-    unmasked ones on layers whose head dim is over 256); the prefill's two boolean masks of a chunk against the
-    context, and the additive copy SDPA makes of one. SDPA does not materialize the attention scores (measured on
-    CPU, torch 2.13: a 1,024 x 32,768 masked pass over 8 heads grew the peak by 135 MB, the float mask, not the
-    1 GiB of scores).
+    Its KV cache buffers; the largest transient of one layer's attention: its keys and values expanded once per query
+    head for SDPA (every masked pass, and unmasked ones on layers whose head dim is over 256; the cache itself is
+    attended in place); the prefill's two boolean masks of a chunk against the context, and the additive copy SDPA
+    makes of one. SDPA does not materialize the attention scores (measured on CPU, torch 2.13: a 1,024 x 32,768
+    masked pass over 8 heads grew the peak by 135 MB, the float mask, not the 1 GiB of scores).
     """
     size = DTYPE_BYTES[dtype]
-    layers = _layer_cache_elements(config, tokens)
+    layers = _layer_cache_elements(config, tokens, prefill_chunk)
     groups = [config.num_heads // kv_heads for kv_heads in config.kv_heads]
-    transient = max(elements * (1 + group if group > 1 else 1) for elements, group in zip(layers, groups, strict=True))
+    transient = max(elements * group if group > 1 else 0 for elements, group in zip(layers, groups, strict=True))
     chunk = min(tokens, prefill_chunk)
     return (sum(layers) + transient) * size + chunk * tokens * (2 + size)
 
@@ -92,9 +92,10 @@ def check_load_memory(
         )
 
 
-def _layer_cache_elements(config: TextConfig, tokens: int) -> list[int]:
+def _layer_cache_elements(config: TextConfig, tokens: int, prefill_chunk: int) -> list[int]:
+    room = max(config.canvas_length, min(prefill_chunk, tokens))  # the most new positions one pass writes
     return [
-        2 * heads * head_dim * (min(tokens, config.sliding_window - 1) if sliding else tokens)
+        2 * heads * head_dim * (config.sliding_window - 1 + room if sliding else tokens)
         for sliding, head_dim, heads in zip(config.sliding, config.head_dims, config.kv_heads, strict=True)
     ]
 

@@ -86,7 +86,8 @@ def generate_canvases(
         randomness = RowRandomness(generator, length, vocab, reference=settings.reference)
     limits = torch.as_tensor(max_canvases, device=device).expand(batch)
     try:
-        cache = net.new_cache(batch)
+        capacity = prompt.shape[1] + int(limits.max()) * length  # the prompt and every canvas the rows may commit
+        cache = net.new_cache(batch, capacity, room=min(PREFILL_CHUNK, prompt.shape[1]))
         _prefill(net, cache, prompt, prompt_valid)
         stops = torch.tensor(stop_token_ids, device=device)
         yield from _canvases(net, cache, settings, randomness, limits, stops, pad_token_id)

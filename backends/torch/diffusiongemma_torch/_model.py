@@ -81,14 +81,25 @@ class Attention(nn.Module):
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, *, causal: bool
     ) -> torch.Tensor:
-        """Scaled dot-product attention with scale 1.0, dispatched as the reference dispatches it."""
+        """Scaled dot-product attention with scale 1.0 over the keys and values as the cache holds them.
+
+        Grouped query heads: SDPA's own GQA where it takes them (no mask, head dim up to 256). A canvas against the
+        cache otherwise (one mask row for every query, or none) stacks each group's query heads as more queries of
+        their key head, so a denoising step never copies the keys; the encoder's passes (a mask per query, once per
+        prefill chunk or committed canvas) expand the keys per query head, as transformers does.
+        """
         causal = causal and mask is None and q.shape[2] > 1
-        if mask is None and self.groups > 1 and self.head_dim <= 256:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=1.0, enable_gqa=True)
+        if self.groups == 1 or (mask is None and self.head_dim <= 256):
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=causal, scale=1.0, enable_gqa=self.groups > 1
+            )
+        elif not causal and (mask is None or mask.shape[2] == 1):
+            batch, heads, queries, dim = q.shape
+            stacked = q.reshape(batch, self.kv_heads, self.groups * queries, dim)
+            out = F.scaled_dot_product_attention(stacked, k, v, attn_mask=mask, scale=1.0)
+            out = out.reshape(batch, heads, queries, dim)
         else:
-            if self.groups > 1:
-                k = k.repeat_interleave(self.groups, dim=1)
-                v = v.repeat_interleave(self.groups, dim=1)
+            k, v = k.repeat_interleave(self.groups, dim=1), v.repeat_interleave(self.groups, dim=1)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=1.0)
         projected: torch.Tensor = self.o_proj(out.transpose(1, 2).reshape(*q.shape[:1], q.shape[2], -1))
         return projected
@@ -202,48 +213,67 @@ class Layer(nn.Module):
 
 
 class KVCache:
-    """Keys and values the encoder wrote, per layer. Sliding layers keep the last `sliding_window - 1` tokens.
+    """Keys and values the encoder wrote, per layer, in buffers allocated once; nothing is copied per step.
+
+    A full-attention layer's buffer holds `capacity` positions. A sliding layer's holds its window (the last
+    `sliding_window - 1` positions) followed by `room` positions for the new tokens of one pass. A pass writes its
+    keys and values in place right after what a layer holds and attends over a view of the buffer, in position order
+    (as transformers' cache does, so the arithmetic is the same): the encoder's pass then keeps them (a sliding layer
+    moves its window back to the front, once per pass), a canvas being denoised is only written into that slot,
+    overwritten by the next step and in the end by the committed canvas.
 
     `valid[b, p]` says whether absolute position `p` of row `b` is a real token (False for left padding).
     """
 
-    def __init__(self, config: TextConfig, batch: int, device: torch.device) -> None:
+    def __init__(
+        self, config: TextConfig, batch: int, device: torch.device, dtype: torch.dtype, capacity: int, room: int
+    ) -> None:
         self.window = config.sliding_window
         self.sliding = config.sliding
-        self.keys: list[torch.Tensor | None] = [None] * config.num_layers
-        self.values: list[torch.Tensor | None] = [None] * config.num_layers
+        self.capacity = capacity
+        sizes = [self.window - 1 + room if sliding else capacity for sliding in config.sliding]
+        layers = zip(config.kv_heads, sizes, config.head_dims, strict=True)
+        shapes = [(batch, heads, size, dim) for heads, size, dim in layers]
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for shape in shapes]
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for shape in shapes]
         self.length = 0
         self.valid = torch.ones(batch, 0, dtype=torch.bool, device=device)
 
     def select(self, rows: torch.Tensor) -> KVCache:
         """A cache of only `rows` (indices into this one's batch), copied."""
         picked = copy.copy(self)
-        picked.keys = [None if k is None else k[rows] for k in self.keys]
-        picked.values = [None if v is None else v[rows] for v in self.values]
+        picked.keys = [k[rows] for k in self.keys]
+        picked.values = [v[rows] for v in self.values]
         picked.valid = self.valid[rows]
         return picked
 
+    def held(self, sliding: bool) -> int:
+        """How many positions a layer of this kind holds (the last ones)."""
+        return min(self.length, self.window - 1) if sliding else self.length
+
     def retained_start(self, sliding: bool) -> int:
         """The first absolute position still held by a layer of this kind."""
-        return max(0, self.length - (self.window - 1)) if sliding else 0
+        return self.length - self.held(sliding)
 
-    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append new keys and values; return everything the new tokens attend over."""
-        old_k, old_v = self.keys[layer], self.values[layer]
-        full_k = k if old_k is None else torch.cat([old_k, k], dim=-2)
-        full_v = v if old_v is None else torch.cat([old_v, v], dim=-2)
-        if self.sliding[layer]:
-            self.keys[layer], self.values[layer] = full_k[:, :, -self.window + 1 :], full_v[:, :, -self.window + 1 :]
-        else:
-            self.keys[layer], self.values[layer] = full_k, full_v
-        return full_k, full_v
+    def attended(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write new keys and values after what `layer` holds; return views of everything they attend over."""
+        start = self.held(self.sliding[layer])
+        end = start + k.shape[-2]
+        if end > self.keys[layer].shape[-2]:
+            raise ValueError(f"{end} positions do not fit layer {layer}'s cache of {self.keys[layer].shape[-2]}")
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
-    def with_canvas(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The cache followed by a canvas's keys and values, without storing them."""
-        old_k, old_v = self.keys[layer], self.values[layer]
-        if old_k is None or old_v is None:
-            return k, v
-        return torch.cat([old_k, k], dim=-2), torch.cat([old_v, v], dim=-2)
+    def keep(self, new: int) -> None:
+        """After an encoder pass wrote `new` positions: count them, and move each sliding window to the front."""
+        for layer, sliding in enumerate(self.sliding):
+            total = self.held(sliding) + new
+            kept = min(total, self.window - 1) if sliding else total
+            if kept < total:
+                for buffer in (self.keys[layer], self.values[layer]):
+                    buffer[:, :, :kept] = buffer[:, :, total - kept : total].clone()
+        self.length += new
 
 
 class DiffusionGemmaTextNet(nn.Module):
@@ -264,8 +294,12 @@ class DiffusionGemmaTextNet(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.embed_tokens.weight.dtype
 
-    def new_cache(self, batch: int) -> KVCache:
-        return KVCache(self.config, batch, self.embed_tokens.weight.device)
+    def new_cache(self, batch: int, capacity: int, room: int | None = None) -> KVCache:
+        """A cache for `capacity` positions of context (prompt and every canvas), taking at most `room` new tokens
+        a pass (default: `capacity`)."""
+        weight = self.embed_tokens.weight
+        room = max(self.config.canvas_length, capacity if room is None else room)
+        return KVCache(self.config, batch, weight.device, weight.dtype, capacity, room)
 
     def encode(
         self, ids: torch.Tensor, cache: KVCache, valid: torch.Tensor | None = None, *, logits: bool = False
@@ -279,8 +313,8 @@ class DiffusionGemmaTextNet(nn.Module):
         valid = torch.ones_like(ids, dtype=torch.bool) if valid is None else valid
         all_valid = torch.cat([cache.valid, valid], dim=1)
         masks = {sliding: self._causal_mask(cache, positions, all_valid, sliding) for sliding in (False, True)}
-        x = self._layers(self._embed(ids), positions, masks, cache.extend, causal=True, encoder=True)
-        cache.length += length
+        x = self._layers(self._embed(ids), positions, masks, cache.attended, causal=True, encoder=True)
+        cache.keep(length)
         cache.valid = all_valid
         return self._logits(x) if logits else None
 
@@ -297,7 +331,7 @@ class DiffusionGemmaTextNet(nn.Module):
         x = rms_norm(x + sc(rms_norm(soft, sc.pre_norm.weight, eps)), None, eps)
         positions = torch.arange(cache.length, cache.length + canvas.shape[1], device=canvas.device)
         masks = {sliding: self._canvas_mask(cache, canvas.shape[1], sliding) for sliding in (False, True)}
-        x = self._layers(x, positions, masks, cache.with_canvas, causal=False, encoder=False)
+        x = self._layers(x, positions, masks, cache.attended, causal=False, encoder=False)
         return self._logits(x)
 
     def _layers(
@@ -310,7 +344,7 @@ class DiffusionGemmaTextNet(nn.Module):
         causal: bool,
         encoder: bool,
     ) -> torch.Tensor:
-        """The shared body: `keys_values` decides what each layer attends over (and whether it is stored)."""
+        """The shared body; `keys_values` writes a layer's new keys and values and returns what they attend over."""
         eps = self.config.rms_norm_eps
         rope = self._rope(positions, x.dtype)
         for index, layer in enumerate(cast("Iterable[Layer]", self.layers)):
