@@ -56,3 +56,21 @@ def test_a_pass_that_does_not_fit_is_refused_before_writing(tiny: Path) -> None:
     net.encode(torch.randint(3, 200, (1, 20)), cache)
     with pytest.raises(ValueError, match="do not fit"):
         net.encode(torch.randint(3, 200, (1, 4)), cache)
+
+
+def test_rows_with_caches_of_their_own_denoise_together_as_they_do_alone(tiny: Path) -> None:
+    """A ragged batch: two rows at different positions, each attending over its own cache only."""
+    net = load_checkpoint(str(tiny)).net
+    length = net.config.canvas_length
+    caches = []
+    for prompt_length in (5, 37):
+        cache = net.new_cache(1, capacity=prompt_length + length, room=prompt_length)
+        net.encode(torch.randint(3, 200, (1, prompt_length)), cache)
+        caches.append(cache)
+    canvas = torch.randint(3, 200, (2, length))
+    soft = net.soft_embedding(torch.softmax(torch.randn(2, length, net.config.vocab_size), dim=-1))
+    together = net.logits(net.denoise_rows(canvas, caches, soft))
+    for row, cache in enumerate(caches):
+        alone = net.denoise(canvas[row : row + 1], cache, soft[row : row + 1])
+        assert torch.allclose(together[row : row + 1], alone, rtol=1e-5, atol=1e-5)
+    assert [cache.length for cache in caches] == [5, 37]  # denoising writes nothing that counts

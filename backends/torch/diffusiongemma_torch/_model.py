@@ -10,7 +10,7 @@ softcap.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import cast
 
 import torch
@@ -81,7 +81,8 @@ class Attention(nn.Module):
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, *, causal: bool
     ) -> torch.Tensor:
-        """Scaled dot-product attention with scale 1.0 over the keys and values as the cache holds them.
+        """Scaled dot-product attention with scale 1.0 over the keys and values as the cache holds them; the heads'
+        outputs, [batch, heads, tokens, head_dim].
 
         Grouped query heads: SDPA's own GQA where it takes them (no mask, head dim up to 256). A canvas against the
         cache otherwise (one mask row for every query, or none) stacks each group's query heads as more queries of
@@ -101,7 +102,11 @@ class Attention(nn.Module):
         else:
             k, v = k.repeat_interleave(self.groups, dim=1), v.repeat_interleave(self.groups, dim=1)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=1.0)
-        projected: torch.Tensor = self.o_proj(out.transpose(1, 2).reshape(*q.shape[:1], q.shape[2], -1))
+        return out
+
+    def output(self, out: torch.Tensor) -> torch.Tensor:
+        """The heads' outputs [batch, heads, tokens, head_dim] projected back to hidden size."""
+        projected: torch.Tensor = self.o_proj(out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1))
         return projected
 
 
@@ -313,46 +318,54 @@ class DiffusionGemmaTextNet(nn.Module):
         valid = torch.ones_like(ids, dtype=torch.bool) if valid is None else valid
         all_valid = torch.cat([cache.valid, valid], dim=1)
         masks = {sliding: self._causal_mask(cache, positions, all_valid, sliding) for sliding in (False, True)}
-        x = self._layers(self._embed(ids), positions, masks, cache.attended, causal=True, encoder=True)
+        x = self._layers(self._embed(ids), positions, _in_cache(cache, masks, causal=True), encoder=True)
         cache.keep(length)
         cache.valid = all_valid
-        return self._logits(x) if logits else None
+        return self.logits(x) if logits else None
 
     def denoise(self, canvas: torch.Tensor, cache: KVCache, soft: torch.Tensor | None = None) -> torch.Tensor:
         """Run bidirectionally over a canvas against the cache (never written). Returns fp32 logits.
 
         `soft` is the self-conditioning signal at hidden size (`soft_embedding` of the previous step's logits).
         """
+        positions = torch.arange(cache.length, cache.length + canvas.shape[1], device=canvas.device)
+        masks = {sliding: self._canvas_mask(cache, canvas.shape[1], sliding) for sliding in (False, True)}
+        attention = _in_cache(cache, masks, causal=False)
+        return self.logits(self._layers(self._canvas_input(canvas, soft), positions, attention, encoder=False))
+
+    def denoise_rows(
+        self, canvas: torch.Tensor, caches: Sequence[KVCache], soft: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Denoise the canvases of rows with caches of their own (any lengths: a ragged batch) in one pass.
+
+        Row `i` of `canvas` ([rows, canvas_length]) is at the positions after `caches[i]` and attends over that cache
+        alone, in place. Returns the final hidden states ([rows, canvas_length, hidden]): `logits` turns them into
+        logits, a row or a chunk at a time, so the vocabulary-sized work need not be held for every row at once.
+        """
+        width = canvas.shape[1]
+        positions = torch.stack([torch.arange(c.length, c.length + width, device=canvas.device) for c in caches])
+        return self._layers(self._canvas_input(canvas, soft), positions, _per_row(caches), encoder=False)
+
+    def _canvas_input(self, canvas: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
+        """The embedded canvas, conditioned on the previous step's soft tokens (none at a canvas's first step)."""
         eps = self.config.rms_norm_eps
         x = self._embed(canvas)
         if soft is None:
             soft = torch.zeros_like(x)
         sc = self.self_conditioning
-        x = rms_norm(x + sc(rms_norm(soft, sc.pre_norm.weight, eps)), None, eps)
-        positions = torch.arange(cache.length, cache.length + canvas.shape[1], device=canvas.device)
-        masks = {sliding: self._canvas_mask(cache, canvas.shape[1], sliding) for sliding in (False, True)}
-        x = self._layers(x, positions, masks, cache.attended, causal=False, encoder=False)
-        return self._logits(x)
+        return rms_norm(x + sc(rms_norm(soft, sc.pre_norm.weight, eps)), None, eps)
 
     def _layers(
-        self,
-        x: torch.Tensor,
-        positions: torch.Tensor,
-        masks: Mapping[bool, torch.Tensor | None],
-        keys_values: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-        *,
-        causal: bool,
-        encoder: bool,
+        self, x: torch.Tensor, positions: torch.Tensor, attention: AttentionOver, *, encoder: bool
     ) -> torch.Tensor:
-        """The shared body; `keys_values` writes a layer's new keys and values and returns what they attend over."""
+        """The shared body; `attention` writes a layer's new keys and values and attends over what they see."""
         eps = self.config.rms_norm_eps
         rope = self._rope(positions, x.dtype)
         for index, layer in enumerate(cast("Iterable[Layer]", self.layers)):
-            attention = layer.self_attn
+            module = layer.self_attn
             cos, sin = rope[self.config.layer_types[index]]
-            q, k, v = attention.project(rms_norm(x, layer.input_layernorm.weight, eps), cos, sin, eps)
-            k, v = keys_values(index, k, v)
-            out = attention.attend(q, k, v, masks[attention.sliding], causal=causal)
+            q, k, v = module.project(rms_norm(x, layer.input_layernorm.weight, eps), cos, sin, eps)
+            out = module.output(attention(index, module, q, k, v))
             x = x + rms_norm(out, layer.post_attention_layernorm.weight, eps)
             x = layer.feed_forward(x, eps) * (layer.encoder_layer_scalar if encoder else layer.layer_scalar)
         return x
@@ -370,17 +383,20 @@ class DiffusionGemmaTextNet(nn.Module):
         weight = self.embed_tokens.weight
         return torch.tensor(self.config.hidden_size**0.5, device=weight.device).to(weight.dtype)
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """fp32 logits (softcapped) of final hidden states."""
         x = rms_norm(x, self.norm.weight, self.config.rms_norm_eps)
         logits = F.linear(x, self.embed_tokens.weight).float()
         cap = self.config.final_logit_softcapping
         return logits if cap is None else torch.tanh(logits / cap) * cap
 
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """cos and sin per layer type, [1 or rows, tokens, head_dim], for positions [tokens] or [rows, tokens]."""
         tables = {}
+        rows = positions if positions.dim() == 2 else positions[None]
         for layer_type in set(self.config.layer_types):
             inv_freq: torch.Tensor = getattr(self, f"{layer_type}_inv_freq")
-            freqs = positions[None, :, None].float() * inv_freq.float()
+            freqs = rows[:, :, None].float() * inv_freq.float()
             emb = torch.cat((freqs, freqs), dim=-1)
             tables[layer_type] = (emb.cos().to(dtype), emb.sin().to(dtype))
         return tables
@@ -403,3 +419,30 @@ class DiffusionGemmaTextNet(nn.Module):
         held = cache.valid[:, cache.retained_start(sliding) :]
         canvas = torch.ones(held.shape[0], canvas_length, dtype=torch.bool, device=held.device)
         return torch.cat([held, canvas], dim=1)[:, None, None, :]
+
+
+AttentionOver = Callable[[int, Attention, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""Writes layer `index`'s new keys and values where they belong and returns the heads' attention outputs."""
+
+
+def _in_cache(cache: KVCache, masks: Mapping[bool, torch.Tensor | None], *, causal: bool) -> AttentionOver:
+    """Attention of a batch that shares one cache (rows aligned, left padding masked)."""
+
+    def attend(index: int, module: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        keys, values = cache.attended(index, k, v)
+        return module.attend(q, keys, values, masks[module.sliding], causal=causal)
+
+    return attend
+
+
+def _per_row(caches: Sequence[KVCache]) -> AttentionOver:
+    """Attention of rows with caches of their own: each row over its own cache, in place and unmasked."""
+
+    def attend(index: int, module: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        for row, cache in enumerate(caches):
+            keys, values = cache.attended(index, k[row : row + 1], v[row : row + 1])
+            outputs.append(module.attend(q[row : row + 1], keys, values, None, causal=False))
+        return torch.cat(outputs)
+
+    return attend
