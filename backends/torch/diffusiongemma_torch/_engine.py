@@ -27,6 +27,7 @@ from diffusiongemma_torch._sampler import (
     StableAndConfidentStop,
     ban_tokens,
     entropy_bound_acceptance,
+    self_conditioning_probabilities,
     token_distribution,
 )
 
@@ -158,7 +159,7 @@ def _denoise_canvas(
         accepted = entropy_bound_acceptance(entropy, settings.entropy_bound)
         # 4. renoise: every other position is redrawn uniformly from the vocabulary
         next_canvas = randomness.draw(probabilities, accepted, rows.computed.tolist())
-        next_soft = net.soft_embedding(_self_conditioning_probabilities(scaled, probabilities, net.dtype))
+        next_soft = net.soft_embedding(self_conditioning_probabilities(scaled, probabilities, net.dtype))
         argmax = torch.argmax(scaled, dim=-1)
         argmax, next_canvas, next_soft = rows.keep_converged(argmax, next_canvas, next_soft)
         # 5. stop: a row has converged once its argmax canvas is stable and its mean entropy is confident
@@ -177,12 +178,3 @@ def _denoise_canvas(
         if last_step:
             break
     return rows.argmax
-
-
-def _self_conditioning_probabilities(
-    scaled: torch.Tensor, probabilities: torch.Tensor, dtype: torch.dtype
-) -> torch.Tensor:
-    """The reference casts the scaled logits to the model dtype before its fp32 softmax; in fp32 that is a no-op."""
-    if dtype == torch.float32:
-        return probabilities
-    return torch.softmax(scaled.to(dtype), dim=-1, dtype=torch.float32)

@@ -14,7 +14,16 @@ import torch
 from diffusiongemma_torch._model import KVCache
 from diffusiongemma_torch._sampler import Randomness
 
-__all__ = ["BatchRows", "CanvasRows"]
+__all__ = ["BatchRows", "CanvasRows", "committed_tokens"]
+
+
+def committed_tokens(argmax: torch.Tensor, stop_tokens: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Canvases as committed ([B, L]): everything after a row's first stop token is pad; and whether each row has a
+    stop token (it is then finished)."""
+    is_stop = torch.isin(argmax, stop_tokens)
+    count = is_stop.cumsum(dim=-1)
+    after_first_stop = (count > 0) & ~((count == 1) & is_stop)
+    return argmax.masked_fill(after_first_stop, pad), is_stop.any(dim=-1)
 
 
 class BatchRows:
@@ -41,13 +50,9 @@ class BatchRows:
     def commit(self, argmax: torch.Tensor, canvas_index: int, stop_tokens: torch.Tensor, pad: int) -> torch.Tensor:
         """The committed canvas: rows finished earlier are pad, and so is everything after a row's first stop
         token; rows that stopped or reached their canvas limit are finished from now on."""
-        is_stop = torch.isin(argmax, stop_tokens)
-        tokens = argmax.clone()
+        tokens, stopped = committed_tokens(argmax, stop_tokens, pad)
         tokens[self.finished] = pad
-        count = is_stop.cumsum(dim=-1)
-        after_first_stop = (count > 0) & ~((count == 1) & is_stop)
-        tokens[after_first_stop & ~self.finished[:, None]] = pad
-        self.finished = self.finished | is_stop.any(dim=-1) | (self.limits <= canvas_index + 1)
+        self.finished = self.finished | stopped | (self.limits <= canvas_index + 1)
         return tokens
 
 

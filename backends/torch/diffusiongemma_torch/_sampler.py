@@ -37,6 +37,7 @@ __all__ = [
     "StepNoise",
     "ban_tokens",
     "entropy_bound_acceptance",
+    "self_conditioning_probabilities",
     "token_distribution",
 ]
 
@@ -195,6 +196,16 @@ def token_distribution(scaled_logits: torch.Tensor, *, reference: bool) -> tuple
         return probabilities, _categorical_entropy(scaled_logits)
     entropy = torch.logsumexp(scaled_logits, dim=-1) - (probabilities * scaled_logits).sum(dim=-1)
     return probabilities, entropy
+
+
+def self_conditioning_probabilities(
+    scaled: torch.Tensor, probabilities: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """What self-conditioning reads: the reference casts the scaled logits to the model dtype before its fp32
+    softmax; in fp32 that is the step's probabilities themselves."""
+    if dtype == torch.float32:
+        return probabilities
+    return torch.softmax(scaled.to(dtype), dim=-1, dtype=torch.float32)
 
 
 def entropy_bound_acceptance(entropy: torch.Tensor, bound: float) -> torch.Tensor:

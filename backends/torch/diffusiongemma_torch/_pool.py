@@ -1,0 +1,188 @@
+"""Continuous batching: rows join and leave at any denoising step, each on its own canvas clock.
+
+A row is one request: its own KV cache (allocated once, for its whole context), its sampler settings, its random
+generator, its canvas. `RowPool.step()` is one denoising pass over every row, whatever its canvas, step or settings,
+as the reference sampler runs it (shared/reference/diffusiongemma-model.md §6): 1. temperature (each row its own
+schedule), 2. forward (one pass; each row attends over its own cache), 3. accept (each row its own entropy bound),
+4. renoise (each row from its own generator), 5. stop (each row its own rule); 6. commit: a row whose canvas has
+converged or run out of steps commits it at once (an encoder pass over that row's cache) and starts its next canvas,
+or leaves the pool when it is finished. The vocabulary-sized work (logits, probabilities, draws) goes a row at a time,
+so its memory does not grow with the batch.
+
+A row consumes its generator exactly as `generate_canvases` does for one prompt with one generator, so its tokens are
+what its prompt gets alone, up to the rounding of batched arithmetic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from diffusiongemma_torch._admission import PREFILL_CHUNK
+from diffusiongemma_torch._config import SamplerSettings
+from diffusiongemma_torch._engine import CanvasCommitted, DenoiseStep
+from diffusiongemma_torch._model import DiffusionGemmaTextNet, KVCache
+from diffusiongemma_torch._rows import committed_tokens
+from diffusiongemma_torch._sampler import (
+    LinearTemperatureSchedule,
+    SharedRandomness,
+    StableAndConfidentStop,
+    ban_tokens,
+    entropy_bound_acceptance,
+    self_conditioning_probabilities,
+    token_distribution,
+)
+
+__all__ = ["Row", "RowPool"]
+
+Report = DenoiseStep | CanvasCommitted
+_ROW = torch.tensor([0])
+
+
+@dataclass(eq=False)
+class Row:
+    """One request's state in the pool: what it needs between steps."""
+
+    settings: SamplerSettings
+    cache: KVCache
+    randomness: SharedRandomness
+    max_canvases: int
+    canvas_index: int = 0
+    steps_left: int = 0
+    passes: int = 0
+    canvas_steps: int = 0
+    finished: bool = False
+    noisy: torch.Tensor = field(init=False)  # [1, L] the canvas the next pass reads
+    argmax: torch.Tensor = field(init=False)  # [1, L] the draft
+    soft: torch.Tensor | None = None  # [1, L, hidden] the last step's soft tokens
+    schedule: LinearTemperatureSchedule = field(init=False)
+    stop: StableAndConfidentStop = field(init=False)
+
+    def start_canvas(self, length: int) -> None:
+        """A fully noised canvas, the schedule from its first step, an empty stop history."""
+        settings = self.settings
+        self.noisy = self.randomness.new_canvas([0])
+        self.randomness.prefetch([0])  # drawn while the first denoising pass runs
+        self.argmax, self.soft, self.canvas_steps = self.noisy.clone(), None, 0
+        self.steps_left = settings.max_denoising_steps
+        self.schedule = LinearTemperatureSchedule(settings.t_min, settings.t_max, settings.max_denoising_steps)
+        self.stop = StableAndConfidentStop(
+            settings.stability_threshold,
+            settings.confidence_threshold,
+            settings.max_denoising_steps,
+            (1, length),
+            self.noisy.device,
+        )
+
+
+class RowPool:
+    """The rows being generated on one network; `step()` advances all of them by one denoising pass."""
+
+    def __init__(self, net: DiffusionGemmaTextNet, *, stop_token_ids: tuple[int, ...], pad_token_id: int) -> None:
+        self.net = net
+        self.rows: list[Row] = []
+        self._length = net.config.canvas_length
+        self._vocab = net.config.vocab_size
+        self._stops = torch.tensor(stop_token_ids, device=net.embed_tokens.weight.device)
+        self._pad = pad_token_id
+
+    def admit(
+        self, prompt_ids: list[int], settings: SamplerSettings, generator: torch.Generator, max_canvases: int
+    ) -> Row:
+        """Prefill a request's prompt into a cache of its own (in chunks) and add its row, denoising from the next
+        step on."""
+        net, device = self.net, self.net.embed_tokens.weight.device
+        capacity = len(prompt_ids) + max_canvases * self._length
+        cache = net.new_cache(1, capacity, room=min(PREFILL_CHUNK, len(prompt_ids)))
+        prompt = torch.tensor([prompt_ids], device=device)
+        for start in range(0, prompt.shape[1], PREFILL_CHUNK):
+            net.encode(prompt[:, start : start + PREFILL_CHUNK], cache)
+        randomness = SharedRandomness(generator, 1, self._length, self._vocab, reference=settings.reference)
+        row = Row(settings=settings, cache=cache, randomness=randomness, max_canvases=max_canvases)
+        row.start_canvas(self._length)
+        self.rows.append(row)
+        return row
+
+    def remove(self, row: Row) -> None:
+        """Take a row out (finished, or its reader gone) and release what it holds."""
+        if row in self.rows:
+            self.rows.remove(row)
+        row.randomness.close()
+
+    @torch.inference_mode()
+    def step(self) -> dict[Row, list[Report]]:
+        """One denoising pass over every row; the reports each row made (its step, and its canvas if it committed
+        one). Finished rows leave the pool."""
+        rows = list(self.rows)
+        if not rows:
+            return {}
+        net = self.net
+        canvas = torch.cat([row.noisy for row in rows])
+        soft = None
+        if any(row.soft is not None for row in rows):
+            hidden = net.config.hidden_size
+            zeros = torch.zeros(1, self._length, hidden, dtype=net.dtype, device=canvas.device)
+            soft = torch.cat([zeros if row.soft is None else row.soft for row in rows])
+        # 2. forward: one pass, each row over its own cache
+        hidden_states = net.denoise_rows(canvas, [row.cache for row in rows], soft)
+        reports: dict[Row, list[Report]] = {}
+        for index, row in enumerate(rows):
+            reports[row] = self._sample(row, hidden_states[index : index + 1])
+            if row.finished:
+                self.remove(row)
+        return reports
+
+    def _sample(self, row: Row, hidden: torch.Tensor) -> list[Report]:
+        """Steps 1 and 3 to 6 for one row, from its final hidden states."""
+        net, settings = self.net, row.settings
+        device = hidden.device
+        # 1. temperature: linear from t_max at the first step towards t_min at the last
+        temperature = row.schedule.at(row.steps_left, device)
+        scaled = ban_tokens(net.logits(hidden), settings.banned_token_ids) / temperature
+        probabilities, entropy = token_distribution(scaled, reference=settings.reference)
+        # 3. accept: the lowest-entropy positions within the entropy bound take a token sampled at this temperature
+        accepted = entropy_bound_acceptance(entropy, settings.entropy_bound)
+        # 4. renoise: every other position is redrawn uniformly from the vocabulary
+        row.noisy = row.randomness.draw(probabilities, accepted, [0])
+        row.soft = net.soft_embedding(self_conditioning_probabilities(scaled, probabilities, net.dtype))
+        row.argmax = torch.argmax(scaled, dim=-1)
+        # 5. stop: converged once the argmax canvas is stable and the mean entropy confident
+        converged = bool(row.stop.converged(_ROW.to(device), row.argmax, entropy)[0])
+        row.steps_left -= 1
+        row.canvas_steps += 1
+        row.passes += 1
+        last_step = row.steps_left == 0 or converged
+        if not last_step:
+            row.randomness.prefetch([0])
+        report: list[Report] = [
+            DenoiseStep(
+                canvas_index=row.canvas_index,
+                step=row.canvas_steps,
+                draft=row.argmax.clone(),
+                accepted_fraction=accepted.float().mean(dim=-1),
+                mean_entropy=entropy.mean(dim=-1),
+                denoised=torch.ones(1, dtype=torch.bool, device=device),
+            )
+        ]
+        if last_step:
+            report.append(self._commit(row))
+        return report
+
+    def _commit(self, row: Row) -> CanvasCommitted:
+        """6. commit: the argmax canvas becomes context (encoder pass), or the row is finished."""
+        tokens, stopped = committed_tokens(row.argmax, self._stops, self._pad)
+        row.finished = bool(stopped[0]) or row.canvas_index + 1 >= row.max_canvases
+        device = tokens.device
+        committed = CanvasCommitted(
+            canvas_index=row.canvas_index,
+            tokens=tokens,
+            steps=torch.tensor([row.canvas_steps], device=device),
+            finished=torch.tensor([row.finished], device=device),
+            decoder_passes=torch.tensor([row.passes], device=device),
+        )
+        if not row.finished:
+            self.net.encode(tokens, row.cache)
+            row.canvas_index += 1
+            row.start_canvas(self._length)
+        return committed
