@@ -12,11 +12,13 @@ import torch
 pytest.importorskip("transformers")
 
 from diffusiongemma_sdk import Message
+from diffusiongemma_torch import _pool as pool_module
 from diffusiongemma_torch._chat import ChatFormat
 from diffusiongemma_torch._checkpoint import Checkpoint, load_checkpoint
 from diffusiongemma_torch._config import SamplerSettings
 from diffusiongemma_torch._engine import CanvasCommitted, DenoiseStep, generate_canvases
 from diffusiongemma_torch._pool import Row, RowPool
+from diffusiongemma_torch._prefix import PrefixCache
 from diffusiongemma_torch.demo import DEMO_DIR
 
 pytestmark = pytest.mark.timeout(180)
@@ -107,3 +109,39 @@ def test_a_row_removed_mid_canvas_leaves_the_others_untouched(checkpoint: Checkp
     while keep in pool.rows:
         kept.extend(pool.step()[keep])
     assert summary(kept) == alone(checkpoint, REQUESTS[1][0], {}, seed=1)
+
+
+CONVERSATION = [
+    Message(role="system", content="You are a careful assistant. " * 6),
+    Message(role="user", content="Reverse these words: red green blue yellow cat dog"),
+    Message(role="assistant", content="dog cat yellow blue green red"),
+    Message(role="user", content="Sort these numbers: 17 4 9 30 2"),
+]
+
+
+def conversation_ids(checkpoint: Checkpoint, turns: int) -> list[int]:
+    chat = ChatFormat(checkpoint.directory)
+    return chat.encode(chat.render(CONVERSATION[: 2 * turns], tools=[], thinking=False))
+
+
+@pytest.mark.parametrize("max_bytes", [1 << 30, 40_000])  # room for everything; room for a few blocks only
+def test_prompts_that_start_alike_reuse_encoded_blocks_and_answer_as_cold(
+    checkpoint: Checkpoint, monkeypatch: pytest.MonkeyPatch, max_bytes: int
+) -> None:
+    monkeypatch.setattr(pool_module, "PREFILL_CHUNK", 8)  # blocks of 8 tokens, so the demo's prompts span many
+    settings = settings_for(checkpoint, {})
+    prefixes = PrefixCache(max_bytes=max_bytes, block=8)
+    warm = RowPool(checkpoint.net, prefix_cache=prefixes, **stops(checkpoint))
+    cold = RowPool(checkpoint.net, **stops(checkpoint))
+    answers: dict[str, list[Any]] = {"warm": [], "cold": []}
+    for turns, seed in ((1, 3), (2, 4), (2, 5)):  # the second turn extends the first; then the same prompt again
+        ids = conversation_ids(checkpoint, turns)
+        for name, pool in (("warm", warm), ("cold", cold)):
+            row = pool.admit(ids, settings, torch.Generator().manual_seed(seed), 2)
+            made: list[Any] = []
+            while row in pool.rows:
+                made.extend(pool.step()[row])
+            answers[name].append(summary(made))
+    assert answers["warm"] == answers["cold"]
+    assert prefixes.hits > 0
+    assert prefixes.bytes <= max_bytes

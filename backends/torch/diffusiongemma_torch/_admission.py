@@ -24,7 +24,7 @@ __all__ = [
     "request_bytes",
 ]
 
-PREFILL_CHUNK = 1024
+PREFILL_CHUNK = 256
 """Prompt tokens encoded per pass: a long prompt's attention masks grow with chunk x context, not context squared."""
 DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
 _WORKSPACE_COPIES = 6  # logits, probabilities, noise and entropy buffers of one canvas, fp32

@@ -23,6 +23,7 @@ from diffusiongemma_torch._admission import PREFILL_CHUNK
 from diffusiongemma_torch._config import SamplerSettings
 from diffusiongemma_torch._engine import CanvasCommitted, DenoiseStep
 from diffusiongemma_torch._model import DiffusionGemmaTextNet, KVCache
+from diffusiongemma_torch._prefix import PrefixCache
 from diffusiongemma_torch._rows import committed_tokens
 from diffusiongemma_torch._sampler import (
     LinearTemperatureSchedule,
@@ -79,8 +80,16 @@ class Row:
 class RowPool:
     """The rows being generated on one network; `step()` advances all of them by one denoising pass."""
 
-    def __init__(self, net: DiffusionGemmaTextNet, *, stop_token_ids: tuple[int, ...], pad_token_id: int) -> None:
+    def __init__(
+        self,
+        net: DiffusionGemmaTextNet,
+        *,
+        stop_token_ids: tuple[int, ...],
+        pad_token_id: int,
+        prefix_cache: PrefixCache | None = None,
+    ) -> None:
         self.net = net
+        self.prefix_cache = prefix_cache
         self.rows: list[Row] = []
         self._length = net.config.canvas_length
         self._vocab = net.config.vocab_size
@@ -90,14 +99,19 @@ class RowPool:
     def admit(
         self, prompt_ids: list[int], settings: SamplerSettings, generator: torch.Generator, max_canvases: int
     ) -> Row:
-        """Prefill a request's prompt into a cache of its own (in chunks) and add its row, denoising from the next
-        step on."""
-        net, device = self.net, self.net.embed_tokens.weight.device
+        """Prefill a request's prompt into a cache of its own and add its row, denoising from the next step on.
+
+        The prompt goes in blocks of `PREFILL_CHUNK` tokens; with a prefix cache, the blocks it already holds for
+        these very tokens are copied instead of encoded, and the blocks encoded here are kept for later prompts."""
+        net, device, prefixes = self.net, self.net.embed_tokens.weight.device, self.prefix_cache
         capacity = len(prompt_ids) + max_canvases * self._length
         cache = net.new_cache(1, capacity, room=min(PREFILL_CHUNK, len(prompt_ids)))
         prompt = torch.tensor([prompt_ids], device=device)
-        for start in range(0, prompt.shape[1], PREFILL_CHUNK):
+        reused = prefixes.reuse(prompt_ids, cache) if prefixes is not None else 0
+        for start in range(reused, prompt.shape[1], PREFILL_CHUNK):
             net.encode(prompt[:, start : start + PREFILL_CHUNK], cache)
+            if prefixes is not None:
+                prefixes.keep(prompt_ids, cache)
         randomness = SharedRandomness(generator, 1, self._length, self._vocab, reference=settings.reference)
         row = Row(settings=settings, cache=cache, randomness=randomness, max_canvases=max_canvases)
         row.start_canvas(self._length)
