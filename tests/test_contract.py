@@ -389,7 +389,7 @@ async def check_timeout(h: Harness) -> None:
         h.client.backend.event_delay = 0.0
     if h.client.backend.name.startswith("torch:"):
         scheduler = h.client.backend._scheduler  # type: ignore[attr-defined]
-        assert scheduler.running is None  # the engine is free
+        assert not scheduler.pool.rows  # the engine is free: no row is left in it
         assert not scheduler.waiting
     with anyio.fail_after(30):
         assert await h.client.generate(h.prompt, max_tokens=8, **h.seeded(0))  # and serves the next request

@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import operator
+import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import pytest
@@ -66,19 +67,57 @@ def batch_sizes(model: ChatDiffusionGemma) -> dict[int, int]:
     return dict(client.backend.batch_sizes)  # type: ignore[attr-defined]
 
 
-@contextmanager
-def engine_busy(model: ChatDiffusionGemma) -> Iterator[None]:
-    """A long generation (other diffusion settings, so it batches with nobody) holds the engine while the block runs:
-    whatever the block sends concurrently is waiting at once when it ends, however threads and tasks were scheduled
-    on a busy machine (on an idle engine, the scheduler's admission window does the same in practice)."""
-    started = sum(batch_sizes(model).values())
-    slow = {"confidence_threshold": 1e-12, "max_denoising_steps": 120}
-    with ThreadPoolExecutor(1) as pool:
-        blocker = pool.submit(model.invoke, "Sort these numbers: 1 2", diffusion=slow, max_tokens=32)
-        while sum(batch_sizes(model).values()) == started:
+def widest_pass_since(model: ChatDiffusionGemma, before: dict[int, int]) -> int:
+    """The most requests one denoising pass carried since `before` (the engine's passes by size)."""
+    new = Counter(batch_sizes(model)) - Counter(before)
+    return max(new, default=0)
+
+
+class HeldEngine:
+    """The engine's next step is held until `count` requests wait, then they start in one pass, however the threads
+    and tasks that sent them were scheduled on a busy machine (on an idle engine, the scheduler's admission window
+    does the same in practice)."""
+
+    def __init__(self, model: ChatDiffusionGemma, count: int) -> None:
+        if model._thread().client is None:
+            model.invoke("Reverse these words: red green")  # the client and its engine exist from here on
+        client = model._thread().client
+        assert client is not None
+        self.scheduler: Any = client.backend._scheduler  # type: ignore[attr-defined]
+        self.count = count
+        self.released = threading.Event()
+        step = self.scheduler._step
+
+        def held() -> None:
+            self.released.wait(60)
+            step()
+
+        self.scheduler._step = held  # this scheduler's next steps wait for the release
+
+    def release_when_waiting(self) -> None:
+        deadline = time.monotonic() + 60
+        while len(self.scheduler.waiting) < self.count:
+            assert time.monotonic() < deadline, "the requests never all waited"
             time.sleep(0.005)
-        yield
-        blocker.result()
+        del self.scheduler._step
+        self.released.set()
+
+
+async def fanned_out(model: ChatDiffusionGemma, count: int, send: Callable[[], Awaitable[Any]]) -> Any:
+    """`await send()` with the engine held until its `count` requests wait."""
+    held = HeldEngine(model, count)
+    sending = asyncio.ensure_future(send())
+    await asyncio.to_thread(held.release_when_waiting)
+    return await sending
+
+
+def fanned_out_sync(model: ChatDiffusionGemma, count: int, send: Callable[[], Any]) -> Any:
+    """`send()` (in a thread) with the engine held until its `count` requests wait."""
+    held = HeldEngine(model, count)
+    with ThreadPoolExecutor(1) as pool:
+        sending = pool.submit(send)
+        held.release_when_waiting()
+        return sending.result()
 
 
 # --- construction, identity, profile --------------------------------------------------------------------------------
@@ -284,16 +323,16 @@ SORTS = [f"Sort these numbers: {n} 4 9" for n in (3, 5, 7, 11)]
 
 
 async def test_abatch_and_runnable_parallel_reach_the_engine_as_one_batch(demo: ChatDiffusionGemma) -> None:
-    before = batch_sizes(demo)
     parallel = RunnableParallel({str(i): RunnableLambda(lambda _, p=p: p) | demo for i, p in enumerate(SORTS)})
-    with engine_busy(demo):
-        assert len(await demo.abatch(SORTS)) == 4
-    with engine_busy(demo):
-        await parallel.ainvoke(None)
-    with engine_busy(demo):
-        demo.batch(SORTS)  # the sync path: LangChain's thread pool
-    after = batch_sizes(demo)
-    assert after.get(4, 0) - before.get(4, 0) == 3
+    sends: list[Callable[[], Awaitable[Any]]] = [
+        lambda: demo.abatch(SORTS),
+        lambda: parallel.ainvoke(None),
+        lambda: asyncio.to_thread(demo.batch, SORTS),  # the sync path: LangChain's thread pool
+    ]
+    for send in sends:
+        before = batch_sizes(demo)
+        assert len(await fanned_out(demo, 4, send)) == 4
+        assert widest_pass_since(demo, before) == 4
 
 
 class FanOut(TypedDict):
@@ -317,18 +356,17 @@ def test_langgraph_send_fan_out_reaches_the_engine_as_one_batch(demo: ChatDiffus
     graph.add_conditional_edges(START, fan_out, ["solve"])
     graph.add_edge("solve", END)
     before = batch_sizes(demo)
-    with engine_busy(demo):  # the graph runs the four sends in threads, which may start far apart
-        result = graph.compile().invoke({"prompts": SORTS, "answers": []})
+    compiled = graph.compile()
+    result = fanned_out_sync(demo, 4, lambda: compiled.invoke({"prompts": SORTS, "answers": []}))
     assert len(result["answers"]) == 4
-    after = batch_sizes(demo)
-    assert after.get(4, 0) - before.get(4, 0) == 1
+    assert widest_pass_since(demo, before) == 4
 
 
 async def test_self_consistency_votes_over_one_batch_of_seeded_samples(demo: ChatDiffusionGemma) -> None:
     before = batch_sizes(demo)
-    with engine_busy(demo):
-        voted = await self_consistency(demo, n=5, seed=10).ainvoke("Sort these numbers: 8 3 5")
-    assert batch_sizes(demo).get(5, 0) - before.get(5, 0) == 1
+    voting = self_consistency(demo, n=5, seed=10)
+    voted = await fanned_out(demo, 5, lambda: voting.ainvoke("Sort these numbers: 8 3 5"))
+    assert widest_pass_since(demo, before) == 5
     tally = voted.response_metadata["self_consistency"]
     assert tally["seeds"] == [10, 11, 12, 13, 14]
     assert sum(tally["votes"].values()) == 5

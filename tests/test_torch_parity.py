@@ -160,7 +160,7 @@ def test_default_sampler_draws_from_the_same_distribution() -> None:
         for _ in range(draws):
             probabilities, entropy = token_distribution(logits, reference=reference)
             accepted = entropy_bound_acceptance(entropy, 0.5)
-            next_canvas = randomness.draw(probabilities, accepted, [0])
+            next_canvas = randomness.draw(probabilities, accepted)
             masks.add(tuple(accepted[0].tolist()))
             counts[reference][next_canvas[0, 0]] += 1
         assert len(masks) == 1  # acceptance depends on the logits only

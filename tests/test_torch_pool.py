@@ -65,7 +65,7 @@ def summary(reports: list[Any]) -> dict[str, Any]:
 def alone(checkpoint: Checkpoint, text: str, changes: dict[str, Any], seed: int) -> dict[str, Any]:
     """The prompt generated alone by the static engine, with one generator of its own."""
     prompt = torch.tensor([prompt_ids(checkpoint, text)])
-    generator = [torch.Generator().manual_seed(seed)]
+    generator = torch.Generator().manual_seed(seed)
     settings = settings_for(checkpoint, changes)
     reports = list(
         generate_canvases(checkpoint.net, prompt, settings, max_canvases=2, generator=generator, **stops(checkpoint))

@@ -1,7 +1,8 @@
 """Memory admission: what loading a checkpoint, one request and a batch of requests need, against what is free.
 
 The loader checks the weights before it reads them; the backend checks each request before any work; the scheduler
-sizes each batch. All three use these estimates, so they agree.
+admits a request into the running pool only while the memory left holds it. All three use these estimates, so they
+agree.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from diffusiongemma_torch._config import TextConfig
 __all__ = [
     "DTYPE_BYTES",
     "PREFILL_CHUNK",
-    "batch_fits",
     "cache_bytes",
     "check_load_memory",
     "check_request_memory",
+    "fits_now",
     "load_bytes",
     "request_bytes",
 ]
@@ -58,14 +59,10 @@ def request_bytes(config: TextConfig, tokens: int, dtype: torch.dtype, prefill_c
     return (sum(layers) + transient) * size + chunk * tokens * (2 + size)
 
 
-def batch_fits(config: TextConfig, tokens: int, batch: int, dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether `batch` requests of `tokens` context each (the longest of them) fit in the memory left on `device`.
-
-    Per row: its `request_bytes` twice (the rows still being denoised get a compact copy of the cache) and a canvas's
-    vocab-sized workspace.
-    """
-    per_row = 2 * request_bytes(config, tokens, dtype) + _workspace_bytes(config)
-    return _free_when_short(batch * per_row, device) is None
+def fits_now(config: TextConfig, tokens: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether one more request of `tokens` context (its cache, transients and a canvas's workspace) fits in the memory
+    left on `device` now (the running requests' caches are already allocated)."""
+    return _free_when_short(request_bytes(config, tokens, dtype) + _workspace_bytes(config), device) is None
 
 
 def check_request_memory(config: TextConfig, tokens: int, dtype: torch.dtype, device: torch.device) -> None:

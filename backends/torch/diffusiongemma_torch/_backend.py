@@ -59,8 +59,17 @@ class TorchOptions(BaseModel):
         default=1,
         ge=1,
         description=(
-            "Requests that wait for the engine with the same diffusion settings are denoised together, up to this "
-            "many. More throughput under load; a seed's tokens can then (rarely) depend on what shares its batch."
+            "Requests denoised together, each on its own canvas clock with its own settings, up to this many; a "
+            "request joins at the next denoising step. More throughput under load; a seed's tokens can then (rarely) "
+            "depend on what shares the pass (the rounding of batched arithmetic)."
+        ),
+    )
+    prefix_cache_mb: int = Field(
+        default=512,
+        ge=0,
+        description=(
+            "Memory for the keys and values of prompts already encoded, reused by prompts that start alike (the "
+            "same system prompt and tools, the conversation so far); answers are the same as without. 0: off."
         ),
     )
 
@@ -89,7 +98,12 @@ class TorchBackend(Backend):
                 "context_window": checkpoint.config.max_position_embeddings,
             }
         )
-        self._scheduler = Scheduler(checkpoint, max_batch=options.max_batch, stream_every=options.stream_every)
+        self._scheduler = Scheduler(
+            checkpoint,
+            max_batch=options.max_batch,
+            stream_every=options.stream_every,
+            prefix_cache_bytes=options.prefix_cache_mb * 2**20,
+        )
 
     @property
     def capabilities(self) -> Capabilities:
@@ -97,7 +111,7 @@ class TorchBackend(Backend):
 
     @property
     def batch_sizes(self) -> Counter[int]:
-        """How many batches of each size the engine has denoised (requests that shared a pass), for monitoring."""
+        """How many denoising passes the engine ran with each number of rows (requests that shared a pass)."""
         return Counter(self._scheduler.batch_sizes)
 
     async def generate(self, request: GenerationRequest) -> Generation:
@@ -125,8 +139,8 @@ class TorchBackend(Backend):
             while True:
                 while job.pending:
                     yield job.pending.popleft()
-                if job.batch is not None and job.batch.error is not None:
-                    raise job.batch.error
+                if job.error is not None:
+                    raise job.error
                 if job.finished:
                     break
                 await scheduler.advance(job)

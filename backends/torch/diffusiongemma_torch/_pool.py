@@ -38,7 +38,6 @@ from diffusiongemma_torch._sampler import (
 __all__ = ["Row", "RowPool"]
 
 Report = DenoiseStep | CanvasCommitted
-_ROW = torch.tensor([0])
 
 
 @dataclass(eq=False)
@@ -63,8 +62,8 @@ class Row:
     def start_canvas(self, length: int) -> None:
         """A fully noised canvas, the schedule from its first step, an empty stop history."""
         settings = self.settings
-        self.noisy = self.randomness.new_canvas([0])
-        self.randomness.prefetch([0])  # drawn while the first denoising pass runs
+        self.noisy = self.randomness.new_canvas()
+        self.randomness.prefetch()  # drawn while the first denoising pass runs
         self.argmax, self.soft, self.canvas_steps = self.noisy.clone(), None, 0
         self.steps_left = settings.max_denoising_steps
         self.schedule = LinearTemperatureSchedule(settings.t_min, settings.t_max, settings.max_denoising_steps)
@@ -158,17 +157,17 @@ class RowPool:
         # 3. accept: the lowest-entropy positions within the entropy bound take a token sampled at this temperature
         accepted = entropy_bound_acceptance(entropy, settings.entropy_bound)
         # 4. renoise: every other position is redrawn uniformly from the vocabulary
-        row.noisy = row.randomness.draw(probabilities, accepted, [0])
+        row.noisy = row.randomness.draw(probabilities, accepted)
         row.soft = net.soft_embedding(self_conditioning_probabilities(scaled, probabilities, net.dtype))
         row.argmax = torch.argmax(scaled, dim=-1)
         # 5. stop: converged once the argmax canvas is stable and the mean entropy confident
-        converged = bool(row.stop.converged(_ROW.to(device), row.argmax, entropy)[0])
+        converged = bool(row.stop.converged(row.argmax, entropy)[0])
         row.steps_left -= 1
         row.canvas_steps += 1
         row.passes += 1
         last_step = row.steps_left == 0 or converged
         if not last_step:
-            row.randomness.prefetch([0])
+            row.randomness.prefetch()
         report: list[Report] = [
             DenoiseStep(
                 canvas_index=row.canvas_index,
