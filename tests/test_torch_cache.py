@@ -14,6 +14,7 @@ import torch.nn.functional as F
 pytest.importorskip("transformers")
 
 from diffusiongemma_torch._checkpoint import load_checkpoint
+from diffusiongemma_torch._model import CacheSlab
 from tests.support.tiny_checkpoint import TinySpec, build_tiny_checkpoint
 
 
@@ -58,19 +59,23 @@ def test_a_pass_that_does_not_fit_is_refused_before_writing(tiny: Path) -> None:
         net.encode(torch.randint(3, 200, (1, 4)), cache)
 
 
-def test_rows_with_caches_of_their_own_denoise_together_as_they_do_alone(tiny: Path) -> None:
-    """A ragged batch: two rows at different positions, each attending over its own cache only."""
+def test_rows_in_slots_of_a_slab_denoise_together_as_they_do_alone(tiny: Path) -> None:
+    """A ragged batch: two rows at different positions, each attending over its own slot of the slab only."""
     net = load_checkpoint(str(tiny)).net
     length = net.config.canvas_length
-    caches = []
-    for prompt_length in (5, 37):
-        cache = net.new_cache(1, capacity=prompt_length + length, room=prompt_length)
-        net.encode(torch.randint(3, 200, (1, prompt_length)), cache)
-        caches.append(cache)
+    weight = net.embed_tokens.weight
+    slab = CacheSlab(net.config, weight.device, weight.dtype, slots=3, capacity=37 + length, room=37)
+    caches, alone_caches = [], []
+    for slot, prompt_length in enumerate((5, 37)):
+        prompt = torch.randint(3, 200, (1, prompt_length))
+        caches.append(slab.cache(slot))
+        net.encode(prompt, caches[-1])
+        alone_caches.append(net.new_cache(1, capacity=prompt_length + length, room=prompt_length))
+        net.encode(prompt, alone_caches[-1])
     canvas = torch.randint(3, 200, (2, length))
     soft = net.soft_embedding(torch.softmax(torch.randn(2, length, net.config.vocab_size), dim=-1))
-    together = net.logits(net.denoise_rows(canvas, caches, soft))
-    for row, cache in enumerate(caches):
+    together = net.logits(net.denoise_rows(canvas, slab, caches, soft))
+    for row, cache in enumerate(alone_caches):
         alone = net.denoise(canvas[row : row + 1], cache, soft[row : row + 1])
         assert torch.allclose(together[row : row + 1], alone, rtol=1e-5, atol=1e-5)
     assert [cache.length for cache in caches] == [5, 37]  # denoising writes nothing that counts

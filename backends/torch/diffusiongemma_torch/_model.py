@@ -9,7 +9,6 @@ softcap.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import cast
 
@@ -230,27 +229,25 @@ class KVCache:
     `valid[b, p]` says whether absolute position `p` of row `b` is a real token (False for left padding).
     """
 
-    def __init__(
-        self, config: TextConfig, batch: int, device: torch.device, dtype: torch.dtype, capacity: int, room: int
-    ) -> None:
+    def __init__(self, config: TextConfig, keys: list[torch.Tensor], values: list[torch.Tensor], capacity: int) -> None:
         self.window = config.sliding_window
         self.sliding = config.sliding
         self.capacity = capacity
-        sizes = [self.window - 1 + room if sliding else capacity for sliding in config.sliding]
-        layers = zip(config.kv_heads, sizes, config.head_dims, strict=True)
-        shapes = [(batch, heads, size, dim) for heads, size, dim in layers]
-        self.keys = [torch.empty(shape, dtype=dtype, device=device) for shape in shapes]
-        self.values = [torch.empty(shape, dtype=dtype, device=device) for shape in shapes]
+        self.keys, self.values = keys, values
         self.length = 0
-        self.valid = torch.ones(batch, 0, dtype=torch.bool, device=device)
+        self.valid = torch.ones(keys[0].shape[0], 0, dtype=torch.bool, device=keys[0].device)
 
-    def select(self, rows: torch.Tensor) -> KVCache:
-        """A cache of only `rows` (indices into this one's batch), copied."""
-        picked = copy.copy(self)
-        picked.keys = [k[rows] for k in self.keys]
-        picked.values = [v[rows] for v in self.values]
-        picked.valid = self.valid[rows]
-        return picked
+    @classmethod
+    def allocate(
+        cls, config: TextConfig, batch: int, device: torch.device, dtype: torch.dtype, capacity: int, room: int
+    ) -> KVCache:
+        """A cache of its own, for `batch` rows."""
+        keys, values = _buffers(config, batch, device, dtype, capacity, room)
+        return cls(config, keys, values, capacity)
+
+    def rebind(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+        """Hold the same positions in other buffers (a slab that grew, or another slot of it), copied there."""
+        self.keys, self.values = keys, values
 
     def held(self, sliding: bool) -> int:
         """How many positions a layer of this kind holds (the last ones)."""
@@ -281,6 +278,59 @@ class KVCache:
         self.length += new
 
 
+def _buffers(
+    config: TextConfig, slots: int, device: torch.device, dtype: torch.dtype, capacity: int, room: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Keys and values buffers per layer: `capacity` positions on full layers, window and room on sliding ones.
+
+    Zeroed: a pass over rows of other lengths reads past a row's end under a mask, which weighs those values 0, and
+    0 times whatever was left in fresh memory (a NaN) would not be 0."""
+    sizes = [config.sliding_window - 1 + room if sliding else capacity for sliding in config.sliding]
+    layers = zip(config.kv_heads, sizes, config.head_dims, strict=True)
+    shapes = [(slots, heads, size, dim) for heads, size, dim in layers]
+    return (
+        [torch.zeros(shape, dtype=dtype, device=device) for shape in shapes],
+        [torch.zeros(shape, dtype=dtype, device=device) for shape in shapes],
+    )
+
+
+class CacheSlab:
+    """The KV caches of rows generated together, in shared buffers: slot `i` of each layer's
+    [slots, kv_heads, size, head_dim] buffer is row `i`'s cache (`cache(i)` views it, copying nothing), so that
+    `denoise_rows` attends over all of them in one pass per layer. Rows keep slots 0 to n - 1 (`move` fills a hole)."""
+
+    def __init__(
+        self, config: TextConfig, device: torch.device, dtype: torch.dtype, slots: int, capacity: int, room: int
+    ) -> None:
+        self.config, self.device, self.dtype = config, device, dtype
+        self.slots, self.capacity, self.room = slots, capacity, room
+        self.keys, self.values = _buffers(config, slots, device, dtype, capacity, room)
+
+    def cache(self, slot: int) -> KVCache:
+        """A fresh cache viewing slot `slot`."""
+        keys, values = self.views(slot)
+        return KVCache(self.config, keys, values, self.capacity)
+
+    def views(self, slot: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return [k[slot : slot + 1] for k in self.keys], [v[slot : slot + 1] for v in self.values]
+
+    def grown(self, slots: int, capacity: int) -> CacheSlab:
+        """A larger slab holding what this one holds (slot for slot)."""
+        bigger = CacheSlab(self.config, self.device, self.dtype, slots, capacity, self.room)
+        for old, new in zip([*self.keys, *self.values], [*bigger.keys, *bigger.values], strict=True):
+            new[: old.shape[0], :, : old.shape[2]] = old
+        return bigger
+
+    def move(self, source: int, target: int) -> None:
+        """Copy slot `source` into slot `target` (once, when the row in `target` has left)."""
+        for buffer in (*self.keys, *self.values):
+            buffer[target] = buffer[source]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+
 class DiffusionGemmaTextNet(nn.Module):
     """The text network. Parameter names match the checkpoint's `model.decoder.*` keys."""
 
@@ -304,7 +354,7 @@ class DiffusionGemmaTextNet(nn.Module):
         a pass (default: `capacity`)."""
         weight = self.embed_tokens.weight
         room = max(self.config.canvas_length, capacity if room is None else room)
-        return KVCache(self.config, batch, weight.device, weight.dtype, capacity, room)
+        return KVCache.allocate(self.config, batch, weight.device, weight.dtype, capacity, room)
 
     def encode(
         self, ids: torch.Tensor, cache: KVCache, valid: torch.Tensor | None = None, *, logits: bool = False
@@ -334,17 +384,21 @@ class DiffusionGemmaTextNet(nn.Module):
         return self.logits(self._layers(self._canvas_input(canvas, soft), positions, attention, encoder=False))
 
     def denoise_rows(
-        self, canvas: torch.Tensor, caches: Sequence[KVCache], soft: torch.Tensor | None = None
+        self, canvas: torch.Tensor, slab: CacheSlab, caches: Sequence[KVCache], soft: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Denoise the canvases of rows with caches of their own (any lengths: a ragged batch) in one pass.
+        """Denoise the canvases of rows whose caches are slots 0 to n - 1 of `slab` (any lengths: a ragged batch), in
+        one pass.
 
         Row `i` of `canvas` ([rows, canvas_length]) is at the positions after `caches[i]` and attends over that cache
-        alone, in place. Returns the final hidden states ([rows, canvas_length, hidden]): `logits` turns them into
-        logits, a row or a chunk at a time, so the vocabulary-sized work need not be held for every row at once.
+        alone (a mask hides what lies past its canvas), in place. Returns the final hidden states
+        ([rows, canvas_length, hidden]): `logits` turns them into logits, some rows at a time, so the
+        vocabulary-sized work need not be held for every row at once.
         """
         width = canvas.shape[1]
-        positions = torch.stack([torch.arange(c.length, c.length + width, device=canvas.device) for c in caches])
-        return self._layers(self._canvas_input(canvas, soft), positions, _per_row(caches), encoder=False)
+        lengths = torch.tensor([c.length for c in caches], device=canvas.device)
+        positions = lengths[:, None] + torch.arange(width, device=canvas.device)
+        attention = _in_slab(slab, caches, width)
+        return self._layers(self._canvas_input(canvas, soft), positions, attention, encoder=False)
 
     def _canvas_input(self, canvas: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
         """The embedded canvas, conditioned on the previous step's soft tokens (none at a canvas's first step)."""
@@ -435,14 +489,28 @@ def _in_cache(cache: KVCache, masks: Mapping[bool, torch.Tensor | None], *, caus
     return attend
 
 
-def _per_row(caches: Sequence[KVCache]) -> AttentionOver:
-    """Attention of rows with caches of their own: each row over its own cache, in place and unmasked."""
+def _in_slab(slab: CacheSlab, caches: Sequence[KVCache], width: int) -> AttentionOver:
+    """Attention of rows whose caches are slab slots 0 to n - 1: each row's canvas is written after its own cache,
+    then one pass attends over the slots, a mask hiding what lies past each row's canvas."""
+    rows, device = len(caches), slab.device
+    offsets = torch.arange(width, device=device)
+    layout: dict[bool, tuple[torch.Tensor, int, torch.Tensor | None]] = {}
+    for sliding in (False, True):
+        starts = torch.tensor([c.held(sliding) for c in caches], device=device)
+        ends = starts + width
+        end = int(ends.max())
+        same = bool((ends == end).all())
+        mask = None if same else (torch.arange(end, device=device)[None, :] < ends[:, None])[:, None, None, :]
+        layout[sliding] = (starts[:, None] + offsets, end, mask)
+    row_index = torch.arange(rows, device=device)[:, None].expand(rows, width)
 
     def attend(index: int, module: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        outputs = []
-        for row, cache in enumerate(caches):
-            keys, values = cache.attended(index, k[row : row + 1], v[row : row + 1])
-            outputs.append(module.attend(q[row : row + 1], keys, values, None, causal=False))
-        return torch.cat(outputs)
+        positions, end, mask = layout[module.sliding]
+        keys, values = slab.keys[index], slab.values[index]
+        if end > keys.shape[2]:
+            raise ValueError(f"{end} positions do not fit layer {index}'s slab of {keys.shape[2]}")
+        keys.transpose(1, 2)[row_index, positions] = k.transpose(1, 2)
+        values.transpose(1, 2)[row_index, positions] = v.transpose(1, 2)
+        return module.attend(q, keys[:rows, :, :end], values[:rows, :, :end], mask, causal=False)
 
     return attend

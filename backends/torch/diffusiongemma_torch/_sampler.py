@@ -173,9 +173,10 @@ def self_conditioning_probabilities(
     return torch.softmax(scaled.to(dtype), dim=-1, dtype=torch.float32)
 
 
-def entropy_bound_acceptance(entropy: torch.Tensor, bound: float) -> torch.Tensor:
+def entropy_bound_acceptance(entropy: torch.Tensor, bound: float | torch.Tensor) -> torch.Tensor:
     """The acceptance rule: the k lowest-entropy positions whose entropies, less the largest of them, sum to at most
-    `bound`. The lowest-entropy position is always accepted; acceptance does not depend on any sample."""
+    `bound` (one for all rows, or [B, 1]: one per row). The lowest-entropy position is always accepted; acceptance
+    does not depend on any sample."""
     ordered, order = torch.sort(entropy, dim=-1)
     keep = torch.cumsum(ordered, dim=-1) - ordered <= bound
     return torch.scatter(torch.zeros_like(keep), dim=-1, index=order, src=keep)
