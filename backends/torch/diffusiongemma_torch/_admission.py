@@ -7,6 +7,7 @@ agree.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ __all__ = [
     "check_request_memory",
     "fits_now",
     "load_bytes",
+    "pool_bytes",
     "request_bytes",
 ]
 
@@ -29,6 +31,11 @@ PREFILL_CHUNK = 256
 """Prompt tokens encoded per pass: a long prompt's attention masks grow with chunk x context, not context squared."""
 DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
 _WORKSPACE_COPIES = 6  # logits, probabilities, noise and entropy buffers of one canvas, fp32
+SAMPLING_COPIES = 3
+"""fp32 canvas-by-vocabulary tensors alive at once while a row samples (logits, scaled, probabilities and the
+entropy's temporaries)."""
+SAMPLING_WORKSPACE_BYTES = 512 * 2**20
+"""How much the pool's sampling may hold at once: rows sample together up to this (at least one at a time)."""
 
 
 def load_bytes(parameters: int, config: TextConfig, dtype: torch.dtype) -> int:
@@ -57,6 +64,26 @@ def request_bytes(config: TextConfig, tokens: int, dtype: torch.dtype, prefill_c
     transient = max(elements * group if group > 1 else 0 for elements, group in zip(layers, groups, strict=True))
     chunk = min(tokens, prefill_chunk)
     return (sum(layers) + transient) * size + chunk * tokens * (2 + size)
+
+
+def pool_bytes(
+    config: TextConfig, tokens: Sequence[int], dtype: torch.dtype, workspace_bytes: int = SAMPLING_WORKSPACE_BYTES
+) -> int:
+    """Peak memory the continuous-batching pool adds to the loaded weights for requests of `tokens` context each.
+
+    The slab of their caches (slots doubling as rows join, the last growth holding the old slab and the new one at
+    once), then the larger of one prefill's transients and one step's sampling: the canvases by vocabulary tensors
+    of as many rows at a time as `workspace_bytes` allows (`_pool.SAMPLING_COPIES` of them a row)."""
+    rows, capacity = len(tokens), max(tokens)
+    slots = 1
+    while slots < rows:
+        slots *= 2
+    per_slot = cache_bytes(config, capacity, dtype)
+    slab = (slots + slots // 2) * per_slot
+    prefill = request_bytes(config, capacity, dtype) - per_slot
+    canvas = SAMPLING_COPIES * config.canvas_length * config.vocab_size * 4
+    sampling = min(rows, max(1, workspace_bytes // canvas)) * canvas
+    return slab + max(prefill, sampling)
 
 
 def fits_now(config: TextConfig, tokens: int, dtype: torch.dtype, device: torch.device) -> bool:

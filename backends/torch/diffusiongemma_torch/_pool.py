@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from diffusiongemma_torch._admission import PREFILL_CHUNK
+from diffusiongemma_torch._admission import PREFILL_CHUNK, SAMPLING_COPIES, SAMPLING_WORKSPACE_BYTES
 from diffusiongemma_torch._config import SamplerSettings
 from diffusiongemma_torch._engine import CanvasCommitted, DenoiseStep
 from diffusiongemma_torch._model import CacheSlab, DiffusionGemmaTextNet, KVCache
@@ -35,13 +35,9 @@ from diffusiongemma_torch._sampler import (
     token_distribution,
 )
 
-__all__ = ["SAMPLING_COPIES", "Row", "RowPool"]
+__all__ = ["Row", "RowPool"]
 
 Report = DenoiseStep | CanvasCommitted
-SAMPLING_COPIES = 5
-"""fp32 canvas-by-vocabulary tensors alive at once while a group of rows samples (logits, scaled, probabilities and
-the entropy's temporaries)."""
-DEFAULT_WORKSPACE_BYTES = 512 * 2**20
 
 
 @dataclass(eq=False)
@@ -91,7 +87,7 @@ class RowPool:
         stop_token_ids: tuple[int, ...],
         pad_token_id: int,
         prefix_cache: PrefixCache | None = None,
-        workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+        workspace_bytes: int = SAMPLING_WORKSPACE_BYTES,
     ) -> None:
         self.net = net
         self.prefix_cache = prefix_cache
