@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DISTRIBUTIONS := -e . -e backends/torch -e backends/gguf -e integrations/langchain
 
-.PHONY: install test lint typecheck unit demo clean
+.PHONY: install test lint typecheck unit docs demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,11 @@ typecheck: install
 unit: install
 	$(BIN)/pytest
 
-test: lint typecheck unit
+# The documentation site (mkdocs-material + mkdocstrings), built strictly: a broken link or reference fails.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict  # not --quiet: it hides the warnings strict counts
+
+test: lint typecheck unit docs
 
 DEMO_STAMP := $(VENV)/.demo-installed
 DEMO_PROMPT ?= Sort these numbers: 42 7 19 88 3 56
@@ -41,4 +45,4 @@ demo: $(DEMO_STAMP)
 	$(BIN)/diffusiongemma generate --backend torch:demo "$(DEMO_PROMPT)"
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache site docs/plots

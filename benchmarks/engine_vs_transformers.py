@@ -2,7 +2,8 @@
 
 Both run the reference sampler from the same seed and must produce identical tokens (asserted). Prints wall time per
 canvas, denoising steps/s and tokens/s for each, and the ratio, measured in this one run. With `--batch N`, N prompts
-go through both at once; the engine also runs them as the torch backend batches requests, with a generator per row.
+go through both at once; the engine also runs them as the torch backend serves requests: the continuous-batching pool,
+each row with its own generator and cache.
 
     .venv/bin/python benchmarks/engine_vs_transformers.py                   # CPU fp32, mid-size config
     .venv/bin/python benchmarks/engine_vs_transformers.py --batch 8
@@ -16,14 +17,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._results import write_bars
 from diffusiongemma_torch._checkpoint import load_checkpoint
 from diffusiongemma_torch._config import SamplerSettings
 from diffusiongemma_torch._engine import CanvasCommitted, generate_canvases
+from diffusiongemma_torch._pool import RowPool
 from tests.support.tiny_checkpoint import TinySpec, build_tiny_checkpoint
 
 
@@ -59,7 +63,7 @@ def run_transformers(directory: Path, prompt: torch.Tensor, args: argparse.Names
 
 
 def run_engine(
-    directory: Path, prompt: torch.Tensor, args: argparse.Namespace, *, reference: bool = True, per_row: bool = False
+    directory: Path, prompt: torch.Tensor, args: argparse.Namespace, *, reference: bool = True, pool: bool = False
 ) -> tuple[torch.Tensor, float]:
     net = load_checkpoint(str(directory), device=args.device, dtype=args.dtype).net
     settings = SamplerSettings(
@@ -68,8 +72,9 @@ def run_engine(
     )  # fmt: skip
 
     def generate(seed: int, canvases: int, steps_settings: SamplerSettings) -> torch.Tensor:
-        generators = [torch.Generator(device=args.device).manual_seed(seed + row) for row in range(len(prompt))]
-        generator = generators if per_row else generators[0]
+        if pool:
+            return _through_pool(net, prompt, steps_settings, seed, canvases, args.device)
+        generator = torch.Generator(device=args.device).manual_seed(seed)
         out = [prompt]
         for report in generate_canvases(
             net, prompt, steps_settings, max_canvases=canvases, stop_token_ids=(1,), pad_token_id=0,
@@ -86,6 +91,24 @@ def run_engine(
     tokens = generate(args.seed, args.canvases, settings)
     synchronize(args.device)
     return tokens, time.perf_counter() - started
+
+
+def _through_pool(
+    net: Any, prompt: torch.Tensor, settings: SamplerSettings, seed: int, canvases: int, device: str
+) -> torch.Tensor:
+    """The prompts as rows of the continuous-batching pool (how the torch backend serves them)."""
+    pool = RowPool(net, stop_token_ids=(1,), pad_token_id=0)
+    rows = [
+        pool.admit(p.tolist(), settings, torch.Generator(device=device).manual_seed(seed + i), canvases)
+        for i, p in enumerate(prompt)
+    ]
+    out: dict[Any, list[torch.Tensor]] = {row: [prompt[i : i + 1]] for i, row in enumerate(rows)}
+    while pool.rows:
+        for row, reports in pool.step().items():
+            out[row] += [r.tokens for r in reports if isinstance(r, CanvasCommitted)]
+    width = max(sum(t.shape[1] for t in parts) for parts in out.values())
+    rows_tokens = [torch.cat(parts, dim=1) for parts in out.values()]
+    return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in rows_tokens])
 
 
 def synchronize(device: str) -> None:
@@ -107,6 +130,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--batch", type=int, default=1, help="prompts generated together")
+    parser.add_argument("--json", type=Path, help="also write the table to this file (docs/data/ for the site)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
@@ -118,7 +142,7 @@ def main() -> None:
         theirs, their_time = run_transformers(directory, prompt, args)
         ours, our_time = run_engine(directory, prompt, args)
         _, default_time = run_engine(directory, prompt, args, reference=False)
-        _, per_row_time = run_engine(directory, prompt, args, reference=False, per_row=True)
+        _, pool_time = run_engine(directory, prompt, args, reference=False, pool=True)
     assert torch.equal(theirs, ours), "the engine's tokens differ from transformers' generate()"
 
     steps = args.canvases * args.steps
@@ -134,16 +158,24 @@ def main() -> None:
         ("transformers generate()", their_time),
         ("diffusiongemma-torch, sampler=reference", our_time),
         ("diffusiongemma-torch, sampler=default", default_time),
-        ("diffusiongemma-torch, per-row generators", per_row_time),
+        ("diffusiongemma-torch, continuous batching", pool_time),
     )
     for name, seconds in rows:
         print(
             f"{name:<44}{seconds / args.canvases:>10.3f}{steps / seconds:>10.2f}{tokens / seconds:>10.1f}"
             f"{their_time / seconds:>7.2f}x"
         )
+    write_bars(
+        args.json,
+        title=f"Torch engine vs transformers' generate(): batch {args.batch}, {args.device} {args.dtype}",
+        rows=[{"implementation": name, "tokens_per_s": tokens / s, "ratio": their_time / s} for name, s in rows],
+        label="implementation",
+        value="tokens_per_s",
+        value_label="tokens/s",
+    )
     print(
         "(reference: tokens identical to transformers; default: the same distribution, other random draws; "
-        "per-row generators: as the torch backend batches requests)"
+        "continuous batching: as the torch backend serves requests, a generator and a cache per row)"
     )
 
 

@@ -10,15 +10,17 @@ percentiles, the server's own time per request, how many answers match the engin
 (`tasks.check`: the model's quality), and how many requests failed. A wrong answer that is exactly right for another
 prompt of the run is counted as misrouted.
 
-By default the torch engine serves one generation at a time, so concurrent requests queue on the server: latency
-is mostly waiting, and throughput is the engine's sequential rate. `--max-batch N` serves with `-o max_batch=N`:
-waiting requests are denoised together.
+Each request carries its own diffusion settings, one of `SETTINGS` in turn (`--same-settings` sends none), as
+clients of a shared server do. `--max-batch 1,32` runs the load once per value, each against its own `serve -o
+max_batch=N` process, and ends with a table of the runs and each one's throughput against the first's: with 1 the
+engine serves one generation at a time (requests queue; latency is mostly waiting), with N up to N requests share
+every denoising pass (continuous batching).
 
 Exit code 1 if any request failed (no answer, a non-200 status, any 5xx), differs from the engine's answer or was
 misrouted.
 
-    .venv/bin/python benchmarks/serve_load.py [--requests 200] [--concurrency 32] [--backend SPEC] [--max-batch N]
-        [--no-reference]
+    .venv/bin/python benchmarks/serve_load.py [--requests 200] [--concurrency 32] [--backend SPEC]
+        [--max-batch 1,32] [--same-settings] [--no-reference] [--json docs/data/serve_load.json]
 """
 
 from __future__ import annotations
@@ -38,12 +40,21 @@ from openai import APIStatusError, AsyncOpenAI
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support, run as a script
 
+from benchmarks._results import write_bars
 from diffusiongemma_sdk import DiffusionGemma, Generation, Message, ToolCall, Usage
 from diffusiongemma_torch.demo.tasks import DemoTask, add_task, check, reverse_task, sort_task
 from tests.support.serving import serve_command
 
 LOAD_SEED = 424242  # the prompts: the same on every run
 KINDS = ("sort", "reverse", "add: call", "add: answer")
+SETTINGS: list[dict[str, Any] | None] = [
+    None,  # the checkpoint's own
+    {"max_denoising_steps": 16},
+    {"entropy_bound": 0.05},
+    {"t_max": 0.3, "t_min": 0.05},
+    {"max_denoising_steps": 24, "confidence_threshold": 0.001},
+]
+"""The diffusion settings requests carry, one after the other (request i: `SETTINGS[i % len(SETTINGS)]`)."""
 
 
 @dataclass
@@ -105,7 +116,13 @@ def to_generation(completion: Any) -> Generation:
     )
 
 
-async def run_load(base_url: str, model: str, tasks: list[DemoTask], concurrency: int) -> tuple[list[Outcome], float]:
+def settings_of(index: int, mixed: bool) -> dict[str, Any] | None:
+    return SETTINGS[index % len(SETTINGS)] if mixed else None
+
+
+async def run_load(
+    base_url: str, model: str, tasks: list[DemoTask], concurrency: int, mixed: bool
+) -> tuple[list[Outcome], float]:
     """Every task sent once by `concurrency` callers; the outcomes in task order and the wall time."""
     client = AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
     outcomes: list[Outcome | None] = [None] * len(tasks)
@@ -121,6 +138,7 @@ async def run_load(base_url: str, model: str, tasks: list[DemoTask], concurrency
                 messages=openai_messages(task.messages),  # type: ignore[arg-type]
                 tools=tools or None,  # type: ignore[arg-type]
                 seed=index,
+                extra_body={"diffusion": settings} if (settings := settings_of(index, mixed)) else None,
             )
         except APIStatusError as exc:
             return Outcome(task, time.perf_counter() - started, status=exc.status_code, error=str(exc))
@@ -140,10 +158,13 @@ async def run_load(base_url: str, model: str, tasks: list[DemoTask], concurrency
     return [outcome for outcome in outcomes if outcome is not None], elapsed
 
 
-def engine_answers(backend: str, tasks: list[DemoTask]) -> list[Generation]:
-    """What the backend answers in this process, one task at a time, with the seeds the load uses."""
+def engine_answers(backend: str, tasks: list[DemoTask], mixed: bool) -> list[Generation]:
+    """What the backend answers in this process, one task at a time, with the seeds and settings the load uses."""
     with DiffusionGemma(backend) as engine:
-        return [engine.generate(task.messages, tools=task.tools, seed=index) for index, task in enumerate(tasks)]
+        return [
+            engine.generate(task.messages, tools=task.tools, seed=index, diffusion=settings_of(index, mixed))
+            for index, task in enumerate(tasks)
+        ]
 
 
 def same_answer(served: Generation, engine: Generation) -> bool:
@@ -159,8 +180,11 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def report(outcomes: list[Outcome], elapsed: float, concurrency: int, engine: list[Generation] | None) -> bool:
-    """Print the table; True when every request was answered, as the engine answers it, and none was misrouted."""
+def report(
+    outcomes: list[Outcome], elapsed: float, concurrency: int, engine: list[Generation] | None
+) -> tuple[bool, dict[str, Any]]:
+    """Print the run's table; True when every request was answered, as the engine answers it, and none was
+    misrouted; and the run's summary."""
     answered = [(o, o.generation) for o in outcomes if o.status == 200 and o.generation is not None]
     positions = {id(o): index for index, o in enumerate(outcomes)}
     differing = [o for o, g in answered if engine is not None and not same_answer(g, engine[positions[id(o)]])]
@@ -211,7 +235,14 @@ def report(outcomes: list[Outcome], elapsed: float, concurrency: int, engine: li
         print(f"wrong: {outcome.task.messages[0].text!r}: got {got!r}", file=sys.stderr)
     for outcome in differing[:5]:
         print(f"differs from the engine: {outcome.task.messages[0].text!r}", file=sys.stderr)
-    return not failed and not differing and not misrouted
+    summary = {
+        "requests_per_s": len(answered) / elapsed,
+        "p50_s": percentile(latencies, 0.5),
+        "p99_s": percentile(latencies, 0.99),
+        "same_as_engine": None if engine is None else len(answered) - len(differing),
+        "failed": len(failed),
+    }
+    return not failed and not differing and not misrouted, summary
 
 
 def _distinctive(task: DemoTask) -> bool:
@@ -232,21 +263,52 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="callers sending at once")
     parser.add_argument("--backend", default="torch:demo", help="the backend spec `serve` serves")
     parser.add_argument("--no-reference", action="store_true", help="skip the in-process answers to compare with")
-    parser.add_argument("--max-batch", type=int, default=1, help="the torch backend's max_batch (serve -o max_batch=N)")
+    parser.add_argument("--same-settings", action="store_true", help="every request with the checkpoint's settings")
+    parser.add_argument("--max-batch", default="1,32", help="the torch backend's max_batch values to run, in order")
+    parser.add_argument("--json", type=Path, help="also write the runs' table to this file (docs/data/)")
     args = parser.parse_args()
+    mixed = not args.same_settings
 
     tasks = make_tasks(args.requests, random.Random(LOAD_SEED))
     engine = None
     if not args.no_reference:
         started = time.perf_counter()
-        engine = engine_answers(args.backend, tasks)
+        engine = engine_answers(args.backend, tasks, mixed)
         print(f"engine answers in this process: {len(engine)} in {time.perf_counter() - started:.1f} s", flush=True)
-    options = ["-o", f"max_batch={args.max_batch}"] if args.max_batch > 1 else []
-    print(f"server: diffusiongemma serve --backend {args.backend} {' '.join(options)} (its own process)", flush=True)
-    with serve_command(args.backend, startup_timeout=120, options=options) as server:
-        outcomes, elapsed = asyncio.run(run_load(server.base, server.model, tasks, args.concurrency))
-    ok = report(outcomes, elapsed, args.concurrency, engine)
-    sys.exit(0 if ok else 1)
+    runs: list[dict[str, Any]] = []
+    all_ok = True
+    for max_batch in [int(value) for value in args.max_batch.split(",")]:
+        options = ["-o", f"max_batch={max_batch}"] if max_batch > 1 else []
+        print(f"\nserver: diffusiongemma serve --backend {args.backend} {' '.join(options)} (its own process)")
+        with serve_command(args.backend, startup_timeout=120, options=options) as server:
+            outcomes, elapsed = asyncio.run(run_load(server.base, server.model, tasks, args.concurrency, mixed))
+        ok, summary = report(outcomes, elapsed, args.concurrency, engine)
+        all_ok &= ok
+        runs.append(
+            {
+                "max_batch": max_batch,
+                **summary,
+                "ratio": summary["requests_per_s"] / runs[0]["requests_per_s"] if runs else 1.0,
+            }
+        )
+    kind = "mixed diffusion settings" if mixed else "the checkpoint's settings"
+    print(f"\n{args.requests} requests at concurrency {args.concurrency}, {kind}, {args.backend}")
+    print(f"{'max_batch':>9}  {'req/s':>7}  {'p50 s':>6}  {'p99 s':>6}  {'same':>7}  {'failed':>6}  {'ratio':>6}")
+    for run in runs:
+        same = "-" if run["same_as_engine"] is None else f"{run['same_as_engine']}/{args.requests}"
+        print(
+            f"{run['max_batch']:>9}  {run['requests_per_s']:>7.2f}  {run['p50_s']:>6.2f}  {run['p99_s']:>6.2f}  "
+            f"{same:>7}  {run['failed']:>6}  {run['ratio']:>5.2f}x"
+        )
+    write_bars(
+        args.json,
+        title=f"serve under load: {args.requests} requests at concurrency {args.concurrency}, {kind}",
+        rows=[{**run, "max_batch": f"max_batch={run['max_batch']}"} for run in runs],
+        label="max_batch",
+        value="requests_per_s",
+        value_label="requests/s",
+    )
+    sys.exit(0 if all_ok else 1)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,9 @@ class Capabilities(BaseModel):
     seed: bool = True
     stop: bool = Field(default=True, description="Ends the answer at the first stop string.")
     max_concurrency: int | None = Field(default=None, description="Requests served at once; None if unknown.")
+    context_window: int | None = Field(
+        default=None, description="Tokens of context a request may use (prompt and answer); None if unknown."
+    )
 
 
 class GenerationRequest(BaseModel):

@@ -38,7 +38,7 @@ from diffusiongemma_sdk._messages import PromptInput, normalize_messages
 from diffusiongemma_sdk._policy import UnsupportedPolicy, apply_policy
 from diffusiongemma_sdk._retry import retrying
 from diffusiongemma_sdk._spec import create_backend
-from diffusiongemma_sdk._structured import generate_structured, structured_request
+from diffusiongemma_sdk._structured import ResponseModel, generate_structured, structured_request
 from diffusiongemma_sdk._tools import Tool, as_tool
 from diffusiongemma_sdk._types import CanvasEvent, DiffusionParams, DoneEvent, Generation, StreamEvent
 
@@ -68,7 +68,7 @@ class RequestOptions(_RequestFields, total=False):
 class GenerateOptions(_RequestFields, total=False):
     """The keyword arguments of `generate()`, as `generate_batch()` takes them for every prompt."""
 
-    response_model: type[BaseModel] | None
+    response_model: ResponseModel | None
     max_validation_retries: int
 
 
@@ -173,7 +173,7 @@ class AsyncDiffusionGemma:
         stop: str | Sequence[str] | None = None,
         timeout: float | None = None,
         max_retries: int | None = None,
-        response_model: type[BaseModel] | None = None,
+        response_model: ResponseModel | None = None,
         max_validation_retries: int = 2,
     ) -> Generation:
         """Generate one answer.
@@ -181,9 +181,10 @@ class AsyncDiffusionGemma:
         `prompt` is a string, a `Message`, an OpenAI-style dict, or a list of them (tool results as `tool` messages
         with `tool_call_id`). `tools` are `Tool` objects, typed functions or pydantic models; `tool_choice` is
         "auto", "none" (never a call), "required" (always a call) or a tool's name (always a call of it).
-        `diffusion` tunes the sampler where the backend allows it. With `response_model`, the answer is validated
-        into that pydantic model (`Generation.parsed`), re-asking up to `max_validation_retries` times before
-        raising `OutputValidationError`. `timeout` bounds the whole call, re-asks included (`APITimeoutError`).
+        `diffusion` tunes the sampler where the backend allows it. With `response_model` (a pydantic model class or
+        a JSON schema dict), the answer is validated into it (`Generation.parsed`: the instance, or the JSON value),
+        re-asking up to `max_validation_retries` times before raising `OutputValidationError`. `timeout` bounds the
+        whole call, re-asks included (`APITimeoutError`).
         """
         request = self.build_request(
             prompt,
@@ -241,7 +242,7 @@ class AsyncDiffusionGemma:
         self,
         request: GenerationRequest,
         *,
-        response_model: type[BaseModel] | None = None,
+        response_model: ResponseModel | None = None,
         max_validation_retries: int = 2,
     ) -> Generation:
         """Run a built request to completion: capabilities, policy, retries and the deadline, as `generate` does."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias
 
@@ -10,6 +9,7 @@ from pydantic import ValidationError
 
 from diffusiongemma_sdk._errors import InvalidRequestError, describe_validation_error
 from diffusiongemma_sdk._types import Generation, ImagePart, Message, TextPart, ToolCall
+from diffusiongemma_sdk._wire.fields import tool_call_from_json
 
 __all__ = ["MessageInput", "PromptInput", "normalize_messages"]
 
@@ -71,20 +71,8 @@ def _content(content: Any) -> str | list[TextPart | ImagePart]:
 
 
 def _tool_call(call: Any) -> ToolCall:
-    """Read a tool call in OpenAI form (`function.arguments` as JSON text) or as `ToolCall.model_dump()`."""
-    if isinstance(call, ToolCall):
-        return call
-    if "function" in call:
-        function = call["function"]
-        arguments = function.get("arguments") or {}
-        if isinstance(arguments, str):
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        fields = {"name": function["name"], "arguments": arguments}
-    else:
-        fields = {"name": call["name"], "arguments": call.get("arguments") or {}}
-    if call.get("id"):
-        fields["id"] = call["id"]
-    return ToolCall.model_validate(fields)
+    """A tool call in OpenAI form (`function.arguments` as JSON text or an object) or as `ToolCall.model_dump()`."""
+    return call if isinstance(call, ToolCall) else tool_call_from_json(call)
 
 
 def _describe(exc: Exception) -> str:

@@ -18,7 +18,15 @@ from diffusiongemma_sdk._backend import Capabilities, GenerationRequest, tool_ch
 from diffusiongemma_sdk._errors import UnsupportedParameterError
 from diffusiongemma_sdk._types import Message, TextPart
 
-__all__ = ["FIELD_RULES", "FieldRule", "UnsupportedParameterWarning", "UnsupportedPolicy", "apply_policy"]
+__all__ = [
+    "FIELD_RULES",
+    "FieldRule",
+    "UnsupportedParameterWarning",
+    "UnsupportedPolicy",
+    "apply_policy",
+    "contract_table",
+    "refuse",
+]
 
 UnsupportedPolicy = Literal["error", "warn", "drop"]
 HONOURED = "honoured"
@@ -157,16 +165,32 @@ def apply_policy(
         why = rule.refusal(request, capabilities)
         if why is None:
             continue
-        if policy == "error":
-            raise UnsupportedParameterError(backend, rule.parameter, why)
-        if policy == "warn":
-            warnings.warn(
-                f"Backend '{backend}' does not support '{rule.parameter}'; it was dropped from the request.",
-                UnsupportedParameterWarning,
-                stacklevel=_stacklevel_outside_the_sdk(),
-            )
+        refuse(rule.parameter, why, backend=backend, policy=policy)
         request = request.model_copy(update=dict(rule.drop(request)))
     return request
+
+
+def refuse(parameter: str, why: str, *, backend: str, policy: UnsupportedPolicy) -> None:
+    """Apply the policy to a parameter the backend cannot honour: raise ("error") or warn ("warn"); the caller drops
+    it. Integrations use it for parameters of their own that no request field carries (LangChain's `temperature`)."""
+    if policy == "error":
+        raise UnsupportedParameterError(backend, parameter, why)
+    if policy == "warn":
+        warnings.warn(
+            f"Backend '{backend}' does not support '{parameter}'; it was dropped from the request.",
+            UnsupportedParameterWarning,
+            stacklevel=_stacklevel_outside_the_sdk(),
+        )
+
+
+def contract_table(backends: Mapping[str, Capabilities]) -> str:
+    """A markdown table: one row per `GenerationRequest` field, one column per backend, what each declares."""
+    names = list(backends)
+    lines = ["| field | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for field, rule in FIELD_RULES.items():
+        cells = [rule.declared(capabilities) for capabilities in backends.values()]
+        lines.append(f"| `{field}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _without_images(message: Message) -> Message:

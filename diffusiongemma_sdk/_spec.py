@@ -27,7 +27,8 @@ _CHOICES = (
     "  nim:<model>               hosted NIM, another model id\n"
     "  openai:<base_url>[#model] any OpenAI-compatible server (vLLM, self-hosted NIM, `diffusiongemma serve`)\n"
     "  torch:<dir|hf-id|demo>    local PyTorch engine (pip install diffusiongemma-torch)\n"
-    "  gguf:<file>               local GGUF build (pip install diffusiongemma-gguf)"
+    "  gguf:<file>               local GGUF build (pip install diffusiongemma-gguf)\n"
+    "  test[:<answer>]           a scripted backend for tests (diffusiongemma_sdk.testing)"
 )
 
 
@@ -73,8 +74,13 @@ def create_backend(spec: str | None, options: BackendOptions) -> Backend:
 
 def _factory(scheme: str) -> BackendFactory:
     from diffusiongemma_sdk._remote import create_nim_backend, create_openai_backend
+    from diffusiongemma_sdk.testing import create_test_backend
 
-    builtin: dict[str, BackendFactory] = {"nim": create_nim_backend, "openai": create_openai_backend}
+    builtin: dict[str, BackendFactory] = {
+        "nim": create_nim_backend,
+        "openai": create_openai_backend,
+        "test": create_test_backend,
+    }
     if scheme in builtin:
         return builtin[scheme]
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):

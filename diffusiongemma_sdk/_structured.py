@@ -1,26 +1,31 @@
-"""Structured output: a validated pydantic instance from any backend.
+"""Structured output: a validated pydantic instance (or a JSON value matching a schema dict) from any backend.
 
-Backends that declare native structured output get the JSON schema in the request. All others (hosted NIM and vLLM
-answer any constrained-decoding request on DiffusionGemma with a 400) get the schema in the system prompt; the JSON
-is extracted from the answer (code fences and thought markup tolerated), validated, and re-asked with the validation
-error until it passes or `max_validation_retries` is spent.
+`response_model` is a pydantic model class, or a JSON schema as a dict (the answer is then the JSON value, checked by
+`_jsonschema`). Backends that declare native structured output get the JSON schema in the request. All others
+(hosted NIM and vLLM answer any constrained-decoding request on DiffusionGemma with a 400) get the schema in the
+system prompt; the JSON is extracted from the answer (code fences and thought markup tolerated), validated, and
+re-asked with the validation error until it passes or `max_validation_retries` is spent.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeAlias
 
 from pydantic import BaseModel, ValidationError
 
 from diffusiongemma_sdk._backend import GenerationRequest
 from diffusiongemma_sdk._errors import OutputValidationError, describe_validation_error
 from diffusiongemma_sdk._gemma4 import parse_gemma4
+from diffusiongemma_sdk._jsonschema import check_json
 from diffusiongemma_sdk._types import Generation, Message, Usage
 
-__all__ = ["extract_json", "generate_structured", "structured_request"]
+__all__ = ["ResponseModel", "extract_json", "generate_structured", "structured_request"]
+
+ResponseModel: TypeAlias = type[BaseModel] | Mapping[str, Any]
+"""What `response_model=` takes: a pydantic model class, or a JSON schema dict."""
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
 _INSTRUCTION = (
@@ -30,12 +35,10 @@ _INSTRUCTION = (
 _REASK = "That answer is not valid: {error}\nReply again with only the corrected JSON value matching the schema."
 
 
-def structured_request(
-    request: GenerationRequest, response_model: type[BaseModel], *, native: bool
-) -> GenerationRequest:
+def structured_request(request: GenerationRequest, response_model: ResponseModel, *, native: bool) -> GenerationRequest:
     """The request that asks for `response_model`: its JSON schema as `response_schema` where the backend constrains
     its output natively, else in the system prompt."""
-    schema = response_model.model_json_schema()
+    schema = _schema(response_model)
     if native:
         return request.model_copy(update={"response_schema": schema})
     return request.model_copy(update={"messages": _with_instruction(request.messages, schema)})
@@ -44,11 +47,11 @@ def structured_request(
 async def generate_structured(
     generate: Callable[[GenerationRequest], Awaitable[Generation]],
     request: GenerationRequest,
-    response_model: type[BaseModel],
+    response_model: ResponseModel,
     max_validation_retries: int,
 ) -> Generation:
     """Generate `request` (from `structured_request`) until the answer validates as `response_model`, re-asking
-    with the validation error; the instance lands in `Generation.parsed`."""
+    with the validation error; the instance (or the JSON value) lands in `Generation.parsed`."""
     attempts: list[str] = []
     errors: list[str] = []
     usage = Usage()
@@ -57,14 +60,14 @@ async def generate_structured(
         usage = usage + generation.usage
         attempts.append(generation.text)
         try:
-            parsed = response_model.model_validate(extract_json(generation.text))
+            parsed = _validated(response_model, extract_json(generation.text))
         except (ValueError, ValidationError) as exc:
             errors.append(describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc))
             request = _reask(request, generation, errors[-1])
             continue
         return generation.model_copy(update={"parsed": parsed, "usage": usage})
     raise OutputValidationError(
-        f"The answer did not match {response_model.__name__} after {len(attempts)} attempt(s); "
+        f"The answer did not match {_name(response_model)} after {len(attempts)} attempt(s); "
         f"last error: {errors[-1]}. Raise max_validation_retries or simplify the schema.",
         attempts=attempts,
         errors=errors,
@@ -87,6 +90,23 @@ def extract_json(text: str) -> Any:
             except json.JSONDecodeError:
                 continue
     raise ValueError("the answer holds no JSON object or array")
+
+
+def _schema(response_model: ResponseModel) -> dict[str, Any]:
+    return dict(response_model) if isinstance(response_model, Mapping) else response_model.model_json_schema()
+
+
+def _validated(response_model: ResponseModel, value: Any) -> Any:
+    if isinstance(response_model, Mapping):
+        check_json(value, response_model)
+        return value
+    return response_model.model_validate(value)
+
+
+def _name(response_model: ResponseModel) -> str:
+    if isinstance(response_model, Mapping):
+        return str(response_model.get("title") or "the schema")
+    return response_model.__name__
 
 
 def _with_instruction(messages: list[Message], schema: dict[str, Any]) -> list[Message]:

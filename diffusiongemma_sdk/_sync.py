@@ -14,7 +14,6 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from pydantic import BaseModel
 from typing_extensions import Unpack
 
 from diffusiongemma_sdk._backend import (
@@ -34,6 +33,7 @@ from diffusiongemma_sdk._client import (
 )
 from diffusiongemma_sdk._messages import PromptInput
 from diffusiongemma_sdk._policy import UnsupportedPolicy
+from diffusiongemma_sdk._structured import ResponseModel
 from diffusiongemma_sdk._types import DiffusionParams, Generation, StreamEvent
 
 __all__ = ["DiffusionGemma", "SyncGenerationStream"]
@@ -117,7 +117,7 @@ class DiffusionGemma:
         stop: str | Sequence[str] | None = None,
         timeout: float | None = None,
         max_retries: int | None = None,
-        response_model: type[BaseModel] | None = None,
+        response_model: ResponseModel | None = None,
         max_validation_retries: int = 2,
     ) -> Generation:
         """Generate one answer; see `AsyncDiffusionGemma.generate`."""
@@ -175,7 +175,7 @@ class DiffusionGemma:
         self,
         request: GenerationRequest,
         *,
-        response_model: type[BaseModel] | None = None,
+        response_model: ResponseModel | None = None,
         max_validation_retries: int = 2,
     ) -> Generation:
         """Run a built request to completion; see `AsyncDiffusionGemma.send`."""

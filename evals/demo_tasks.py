@@ -6,14 +6,18 @@ Prompts come from `diffusiongemma_torch.demo.tasks` with a seed the training nev
 public client, so any backend spec that serves the demo model can be evaluated (for example a `serve` instance).
 Prints one table: exact match per task, valid tool-call rate, mean denoising steps per canvas and tokens per forward,
 then sort by list length (2-5, 6-10, 11-20, 21-40 numbers) at the default settings.
+`--json PATH` also writes the rows as JSON (docs/data/demo_tasks.json draws the site's accuracy-against-steps plot).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from diffusiongemma_sdk import AsyncDiffusionGemma, DiffusionParams, Generation
 from diffusiongemma_torch.demo.tasks import DemoTask, add_task, check, reverse_task, sort_task
@@ -61,6 +65,19 @@ class Tally:
         if not check(task, generation) and len(self.failures) < 3:
             self.failures.append(f"{task.messages[0].text!r} -> {generation.text!r} {generation.tool_calls}")
 
+    def record(self, label: str, task: str, steps: int | None, thinking: bool) -> dict[str, object]:
+        """The row as data: setting, task, the cap on steps, and the measured rates."""
+        return {
+            "setting": label,
+            "task": task,
+            "max_denoising_steps": steps,
+            "thinking": thinking,
+            "prompts": self.runs,
+            "exact_match": self.correct / self.runs,
+            "steps_per_canvas": self.steps / max(self.canvases, 1),
+            "tokens_per_forward": self.tokens / max(self.steps, 1),
+        }
+
     def row(self, label: str, task: str, thinking: bool) -> str:
         calls = f"{self.valid_calls / self.expected_calls:.0%}" if self.expected_calls else "-"
         thought = f"{self.thoughts / self.runs:.0%}" if thinking else "-"
@@ -101,6 +118,7 @@ async def main() -> None:
     parser.add_argument("--length-prompts", type=int, default=40, help="prompts per row of sort by list length")
     parser.add_argument("--tasks", default=",".join(MAIN_TASKS), help="tasks of the main rows (comma separated)")
     parser.add_argument("--show-failures", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the rows to this file")
     parser.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE", help="a DiffusionParams override for every row"
     )
@@ -114,6 +132,7 @@ async def main() -> None:
     columns = ["setting", "task", "prompts", "exact match", "valid tool calls", "thought written", "steps/canvas"]
     print("| " + " | ".join([*columns, "tokens/forward"]) + " |")
     print("|---|---|---|---|---|---|---|---|")
+    records: list[dict[str, object]] = []
     async with AsyncDiffusionGemma(backend=args.backend) as client:
         rows = [(label, steps, thinking, prompts, tasks) for label, steps, thinking, prompts in settings]
         rows.append(("default, by length", None, False, args.length_prompts, by_length))
@@ -124,9 +143,13 @@ async def main() -> None:
                 diffusion = DiffusionParams.model_validate({**overrides, "max_denoising_steps": steps})
                 tally = await evaluate(client, task_name, prompts, thinking, diffusion)
                 print(tally.row(label, task_name, thinking), flush=True)
+                records.append(tally.record(label, task_name, steps, thinking))
                 if args.show_failures:
                     for failure in tally.failures:
                         print(f"    {failure}")
+    if args.json is not None:
+        command = "evals/demo_tasks.py " + " ".join(sys.argv[1:])
+        args.json.write_text(json.dumps({"eval": "demo_tasks", "command": command, "rows": records}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

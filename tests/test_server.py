@@ -597,7 +597,7 @@ async def test_client_disconnect_mid_stream_stops_the_torch_generation(torch_ser
             if line.startswith(": denoise_step"):
                 break  # leaving the block closes the connection mid-stream
     # a canvas that never converges is denoised until the disconnect reaches the engine
-    await wait_until(lambda: backend._scheduler.running is None, timeout=30)
+    await wait_until(lambda: not backend._scheduler.running and not backend._scheduler.pool.rows, timeout=30)
     assert backend._scheduler.worker.borrowed_tokens == 0
     async with openai_client(torch_server) as client:  # and the engine serves the next request
         answer = await client.chat.completions.create(

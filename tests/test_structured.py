@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from pydantic import BaseModel
@@ -105,3 +106,54 @@ async def test_native_structured_output_only_where_declared(server: ScriptedServ
     (request,) = server.chat_requests()
     assert request.body["response_format"]["json_schema"]["schema"] == Sorted.model_json_schema()
     assert [m["role"] for m in request.body["messages"]] == ["user"]
+
+
+SORTED_SCHEMA = {
+    "title": "Sorted",
+    "type": "object",
+    "properties": {"numbers": {"type": "array", "items": {"type": "integer"}}, "count": {"type": "integer"}},
+    "required": ["numbers", "count"],
+    "additionalProperties": False,
+}
+
+
+async def test_a_json_schema_dict_is_validated_and_re_asked_like_a_model() -> None:
+    from diffusiongemma_sdk.testing import TEST_CAPABILITIES, TestBackend
+
+    prompted = TEST_CAPABILITIES.model_copy(update={"native_structured_output": False})
+    replies = [
+        '{"numbers": [1, "2"], "count": 2}',
+        '{"numbers": [1, 2], "count": 2, "extra": 1}',
+        '{"numbers": [1, 2], "count": 2}',
+    ]
+    backend = TestBackend(replies, capabilities=prompted)
+    async with AsyncDiffusionGemma(backend) as client:
+        generation = await client.generate("Sort 2 1", response_model=SORTED_SCHEMA)
+    assert generation.parsed == {"numbers": [1, 2], "count": 2}
+    reasks = [request.messages[-1].text for request in backend.requests[1:]]
+    assert "$.numbers[1]: must be of type integer, not str" in reasks[0]
+    assert "$: unexpected field 'extra'" in reasks[1]
+    assert '"additionalProperties":false' in backend.requests[0].messages[0].text  # the schema went in the prompt
+
+
+@pytest.mark.parametrize(
+    ("value", "schema", "problem"),
+    [
+        ({"a": 1}, {"type": "object", "required": ["a", "b"]}, "missing required field(s) b"),
+        ([1, 2, 3], {"type": "array", "maxItems": 2}, "its number of items must be at most 2"),
+        ("x", {"enum": ["a", "b"]}, "must be one of ['a', 'b']"),
+        (True, {"type": "integer"}, "must be of type integer, not bool"),
+        (None, {"anyOf": [{"type": "string"}, {"type": "integer"}]}, "matches none of the allowed shapes"),
+        (
+            {"p": {"x": 0}},
+            {"$defs": {"P": {"properties": {"x": {"minimum": 1}}}}, "properties": {"p": {"$ref": "#/$defs/P"}}},
+            "$.p.x: it must be at least 1",
+        ),
+    ],
+)
+def test_the_schema_check_says_where_and_why(value: object, schema: dict[str, object], problem: str) -> None:
+    from diffusiongemma_sdk._jsonschema import SchemaMismatch, check_json
+
+    with pytest.raises(SchemaMismatch, match=re.escape(problem)):
+        check_json(value, schema)
+    check_json(2.0, {"type": "integer"})  # an integral float is an integer, as JSON has one number type

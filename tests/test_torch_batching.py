@@ -1,11 +1,12 @@
-"""Requests denoised together (`max_batch`): each gets what it gets alone, with the demo model through the engine
-and through the public client."""
+"""Continuous batching through the public client (`max_batch`): requests share denoising passes whatever their
+settings, join at the next step, leave at once, and each gets what it gets alone (the demo model)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import anyio
@@ -14,15 +15,13 @@ import torch
 
 pytest.importorskip("transformers")
 
-from diffusiongemma_sdk import AsyncDiffusionGemma, CanvasEvent, DenoiseStepEvent, DoneEvent, Generation, Message
+from diffusiongemma_sdk import AsyncDiffusionGemma, CanvasEvent, DenoiseStepEvent, DoneEvent, Generation
 from diffusiongemma_torch import _admission as admission
 from diffusiongemma_torch import _scheduler as scheduler_module
 from diffusiongemma_torch._backend import TorchBackend
-from diffusiongemma_torch._chat import ChatFormat
 from diffusiongemma_torch._checkpoint import load_checkpoint
-from diffusiongemma_torch._engine import CanvasCommitted, DenoiseStep, generate_canvases
 from diffusiongemma_torch._progress import RequestProgress
-from diffusiongemma_torch._scheduler import Batch, Scheduler
+from diffusiongemma_torch._scheduler import Scheduler
 from diffusiongemma_torch.demo import DEMO_DIR
 from diffusiongemma_torch.demo.tasks import add
 from tests.support.waiting import wait_until
@@ -42,77 +41,14 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def encoded(chat: ChatFormat, text: str) -> list[int]:
-    return chat.encode(chat.render([Message(role="user", content=text)], tools=[], thinking=False))
-
-
-def run_rows(
-    prompts: list[list[int]], seeds: list[int], limits: list[int], *, reference: bool
-) -> tuple[list[dict[str, Any]], list[int]]:
-    """Each row's committed tokens, steps per canvas, decoder passes and steps it was denoised at; and the batch's
-    steps per canvas."""
-    checkpoint = load_checkpoint(str(DEMO_DIR))
-    settings = checkpoint.defaults.resolve(None)
-    settings = type(settings)(**{**settings.__dict__, "reference": reference})
-    width = max(map(len, prompts))
-    padded = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
-    valid = torch.tensor([[False] * (width - len(p)) + [True] * len(p) for p in prompts])
-    rows: list[dict[str, Any]] = [{"tokens": [], "steps": [], "passes": 0, "denoised": 0} for _ in prompts]
-    batch_steps: list[int] = []
-    reports: Iterator[DenoiseStep | CanvasCommitted] = generate_canvases(
-        checkpoint.net,
-        padded,
-        settings,
-        max_canvases=limits,
-        stop_token_ids=checkpoint.defaults.eos_token_ids,
-        pad_token_id=checkpoint.defaults.pad_token_id,
-        generator=[torch.Generator().manual_seed(seed) for seed in seeds],
-        prompt_valid=valid,
-    )
-    for report in reports:
-        if isinstance(report, CanvasCommitted):
-            batch_steps.append(int(report.steps.max()))
-        for i, row in enumerate(rows):
-            if isinstance(report, DenoiseStep):
-                row["denoised"] += int(report.denoised[i])
-            elif report.steps[i]:  # rows that finished earlier take no steps and add nothing
-                row["tokens"] += report.tokens[i].tolist()
-                row["steps"].append(int(report.steps[i]))
-                row["passes"] = int(report.decoder_passes[i])
-    return rows, batch_steps
-
-
-@pytest.mark.parametrize("reference", [False, True])
-def test_each_row_of_a_batch_gets_what_its_prompt_gets_alone(reference: bool) -> None:
-    """Per-row generators, canvas limits and early stops: a row's tokens, steps and passes are its solo run's."""
-    chat = ChatFormat(DEMO_DIR)
-    prompts = [encoded(chat, text) for text in PROMPTS]
-    seeds, limits = [11, 22, 33, 44], [1, 1, 1, 2]
-    together, batch_steps = run_rows(prompts, seeds, limits, reference=reference)
-    for i, prompt in enumerate(prompts):
-        alone, _ = run_rows([prompt], [seeds[i]], [limits[i]], reference=reference)
-        assert together[i] == alone[0]
-    assert len({row["passes"] for row in together}) > 1  # rows stopped at their own steps, not the slowest row's
-    # the second canvas is the long list's alone: the finished rows are not denoised, nor waited for
-    assert len(together[3]["steps"]) == 2
-    assert batch_steps[1] == together[3]["steps"][1]
-
-
-def recording_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The size of every batch the backend starts (the real engine still runs)."""
-    sizes: list[int] = []
-
-    def recorded(net: Any, prompt: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        sizes.append(prompt.shape[0])
-        return generate_canvases(net, prompt, *args, **kwargs)
-
-    monkeypatch.setattr(scheduler_module, "generate_canvases", recorded)
-    return sizes
-
-
 async def solo_answers(**request: Any) -> list[Generation]:
     async with AsyncDiffusionGemma("torch:demo") as client:
         return [await client.generate(text, seed=i, **request) for i, text in enumerate(PROMPTS)]
+
+
+def widest_pass(backend: TorchBackend) -> int:
+    """The most requests one denoising pass has carried."""
+    return max(backend.batch_sizes, default=0)
 
 
 async def run_together(backend: TorchBackend, jobs: list[Callable[[], Awaitable[None]]]) -> None:
@@ -132,9 +68,8 @@ def same_generation(got: Generation | None, want: Generation) -> None:
     assert got.usage.model_dump(exclude=timing) == want.usage.model_dump(exclude=timing)
 
 
-async def test_waiting_requests_share_a_batch_and_each_gets_its_own_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_waiting_requests_share_passes_and_each_gets_its_own_answer() -> None:
     expected = await solo_answers(tools=[add])
-    sizes = recording_batches(monkeypatch)
     answers: list[Generation | None] = [None] * len(PROMPTS)
     async with AsyncDiffusionGemma("torch:demo", backend_options={"max_batch": 8}) as client:
         assert isinstance(client.backend, TorchBackend)
@@ -147,18 +82,68 @@ async def test_waiting_requests_share_a_batch_and_each_gets_its_own_answer(monke
             return job
 
         await run_together(client.backend, [one(i) for i in range(len(PROMPTS))])
-    assert sizes == [len(PROMPTS)]
+        assert widest_pass(client.backend) == len(PROMPTS)
     for got, want in zip(answers, expected, strict=True):
         same_generation(got, want)
     assert answers[2] is not None
     assert answers[2].tool_calls[0].arguments == {"a": 12, "b": 30}
 
 
-async def test_a_stream_in_a_batch_sees_its_own_steps_and_a_reader_leaving_holds_up_nobody(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_requests_sent_together_to_an_idle_engine_share_a_pass() -> None:
+    """Nothing holds the engine: the first request ready waits for the others still being prepared."""
+    async with AsyncDiffusionGemma("torch:demo", backend_options={"max_batch": 8}) as client:
+        assert isinstance(client.backend, TorchBackend)
+        async with anyio.create_task_group() as group:
+            for i, prompt in enumerate(PROMPTS):
+                group.start_soon(partial(client.generate, prompt, seed=i))
+        assert widest_pass(client.backend) == len(PROMPTS)
+
+
+async def test_requests_with_other_settings_and_drafts_share_passes() -> None:
+    """Each request keeps its own schedule, bound and stop rule (and drafts, or none) inside one pass."""
+    settings = [{"max_denoising_steps": 8}, {"max_denoising_steps": 16, "entropy_bound": 0.05}, {"t_max": 0.3}]
+    async with AsyncDiffusionGemma("torch:demo") as solo:
+        expected = [await solo.generate(PROMPTS[i], seed=i, diffusion=d) for i, d in enumerate(settings)]
+    answers: list[Generation | None] = [None] * len(settings)
+    async with AsyncDiffusionGemma("torch:demo", backend_options={"max_batch": 4}) as client:
+        assert isinstance(client.backend, TorchBackend)
+
+        def one(i: int) -> Callable[[], Awaitable[None]]:
+            async def job() -> None:
+                async with client.stream(PROMPTS[i], seed=i, diffusion=settings[i], drafts=i == 1) as stream:
+                    answers[i] = await stream.final()
+
+            return job
+
+        await run_together(client.backend, [one(i) for i in range(len(settings))])
+        assert widest_pass(client.backend) == len(settings)
+    for got, want in zip(answers, expected, strict=True):
+        same_generation(got, want)
+
+
+async def test_a_request_joins_the_running_pass_at_the_next_step() -> None:
+    """A request sent while another is mid-canvas starts at once: it waits for no canvas of the other's."""
+    slow = {"max_denoising_steps": 200, "confidence_threshold": 1e-12}  # every canvas takes all its steps
+    async with AsyncDiffusionGemma("torch:demo", backend_options={"max_batch": 2}) as client:
+        backend = client.backend
+        assert isinstance(backend, TorchBackend)
+        order: list[str] = []
+        async with client.stream(PROMPTS[1], seed=1, diffusion=slow, drafts=True, max_tokens=32) as long:
+            async for event in long:
+                if isinstance(event, DenoiseStepEvent) and event.step == 3:
+                    break  # the long request is three steps into its canvas
+            quick = await client.generate(PROMPTS[0], seed=0)
+            order.append("quick done")
+            async for event in long:
+                if isinstance(event, DenoiseStepEvent) and event.step == 20:
+                    order.append("long at step 20")
+        assert order == ["quick done", "long at step 20"]
+        assert widest_pass(backend) == 2
+    same_generation(quick, (await solo_answers())[0])
+
+
+async def test_a_stream_sees_its_own_steps_and_a_reader_leaving_holds_up_nobody() -> None:
     expected = await solo_answers()
-    sizes = recording_batches(monkeypatch)
     async with AsyncDiffusionGemma("torch:demo", backend_options={"max_batch": 4}) as client:
         backend = client.backend
         assert isinstance(backend, TorchBackend)
@@ -179,8 +164,9 @@ async def test_a_stream_in_a_batch_sees_its_own_steps_and_a_reader_leaving_holds
             return job
 
         await run_together(backend, [read(i) for i in range(len(PROMPTS))])
-        assert backend._scheduler.running is None  # the engine is free
-        assert sizes == [len(PROMPTS)]
+        assert not backend._scheduler.running  # the engine is free
+        assert not backend._scheduler.pool.rows
+        assert widest_pass(backend) == len(PROMPTS)
         assert sorted(streamed) == [1, 2, 3]
         for i, (drafts, generation) in streamed.items():
             same_generation(generation, expected[i])
@@ -188,72 +174,60 @@ async def test_a_stream_in_a_batch_sees_its_own_steps_and_a_reader_leaving_holds
         same_generation(await client.generate(PROMPTS[1], seed=1), expected[1])
 
 
-async def test_requests_with_different_diffusion_settings_run_in_separate_batches(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    sizes = recording_batches(monkeypatch)
-    async with AsyncDiffusionGemma("torch:demo", backend_options={"max_batch": 4}) as client:
-        assert isinstance(client.backend, TorchBackend)
-
-        def one(steps: int) -> Callable[[], Awaitable[None]]:
-            async def job() -> None:
-                await client.generate(PROMPTS[0], seed=0, diffusion={"max_denoising_steps": steps})
-
-            return job
-
-        await run_together(client.backend, [one(8), one(16), one(8)])
-    assert sizes == [2, 1]
-
-
-async def test_a_batch_takes_only_the_requests_that_fit_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    sizes = recording_batches(monkeypatch)
-    monkeypatch.setattr(scheduler_module, "batch_fits", lambda config, tokens, batch, dtype, device: batch <= 2)
+async def test_requests_join_while_the_memory_left_holds_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = await solo_answers()
     async with AsyncDiffusionGemma("torch:demo", backend_options={"max_batch": 8}) as client:
-        assert isinstance(client.backend, TorchBackend)
+        backend = client.backend
+        assert isinstance(backend, TorchBackend)
+        scheduler = backend._scheduler
+        monkeypatch.setattr(scheduler_module, "fits_now", lambda *args: len(scheduler.running) < 2)
+        answers: list[Generation | None] = [None] * 3
 
         def one(i: int) -> Callable[[], Awaitable[None]]:
             async def job() -> None:
-                await client.generate(PROMPTS[i], seed=i)
+                answers[i] = await client.generate(PROMPTS[i], seed=i)
 
             return job
 
-        await run_together(client.backend, [one(i) for i in range(3)])
-    assert sizes == [2, 1]
+        await run_together(backend, [one(i) for i in range(3)])
+        assert widest_pass(backend) == 2
+    for got, want in zip(answers, expected[:3], strict=True):
+        same_generation(got, want)
 
 
-def test_batch_memory_grows_with_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_request_fits_while_its_cache_and_workspace_fit_in_what_is_free(monkeypatch: pytest.MonkeyPatch) -> None:
     config = load_checkpoint(str(DEMO_DIR)).config
-    per_row = 2 * admission.request_bytes(config, 100, torch.float32, admission.PREFILL_CHUNK)
-    per_row += 6 * config.canvas_length * config.vocab_size * 4
-    monkeypatch.setattr(admission, "_available_bytes", lambda device: 3 * per_row)
+    needed = admission.request_bytes(config, 100, torch.float32) + 6 * config.canvas_length * config.vocab_size * 4
     cpu = torch.device("cpu")
-    assert admission.batch_fits(config, 100, 3, torch.float32, cpu)
-    assert not admission.batch_fits(config, 100, 4, torch.float32, cpu)
+    monkeypatch.setattr(admission, "_available_bytes", lambda device: needed)
+    assert admission.fits_now(config, 100, torch.float32, cpu)
+    monkeypatch.setattr(admission, "_available_bytes", lambda device: needed - 1)
+    assert not admission.fits_now(config, 100, torch.float32, cpu)
 
 
 async def test_a_request_cancelled_by_asyncio_inside_a_step_loses_nothing_for_the_others(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`task.cancel()` (what `asyncio.wait_for` does) passes through anyio's shields. Cancelling the task that is
-    stepping the batch, while the step runs, must still deliver that step to every other request."""
+    stepping the pool, while the step runs, must still deliver that step to every other request."""
     expected = await solo_answers()
     loop = asyncio.get_running_loop()
     in_step = asyncio.Event()
     stepper: list[asyncio.Task[Any] | None] = []  # the task behind each step
-    original_step, original_batch_step = Scheduler._step, Batch.step
+    original_run_step, original_step = Scheduler._run_step, Scheduler._step
 
-    async def traced_step(self: Scheduler, batch: Batch) -> None:
+    async def traced_run_step(self: Scheduler) -> None:
         stepper.append(asyncio.current_task())
-        await original_step(self, batch)
+        await original_run_step(self)
 
-    def slow_step(self: Batch, every: int) -> None:
-        if len(stepper) == 1:  # the batch's first step, in which every row gets a draft
+    def slow_step(self: Scheduler) -> None:
+        if len(stepper) == 2:  # the pool's second step, in which every row gets a draft
             loop.call_soon_threadsafe(in_step.set)
             time.sleep(0.3)  # the cancellation lands while the worker thread runs the step
-        original_batch_step(self, every)
+        original_step(self)
 
-    monkeypatch.setattr(Scheduler, "_step", traced_step)
-    monkeypatch.setattr(Batch, "step", slow_step)
+    monkeypatch.setattr(Scheduler, "_run_step", traced_run_step)
+    monkeypatch.setattr(Scheduler, "_step", slow_step)
     async with AsyncDiffusionGemma("torch:demo", backend_options={"max_batch": 4}) as client:
         backend = client.backend
         assert isinstance(backend, TorchBackend)
@@ -271,11 +245,12 @@ async def test_a_request_cancelled_by_asyncio_inside_a_step_loses_nothing_for_th
             tasks = [asyncio.ensure_future(read(i)) for i in range(len(PROMPTS))]
             await wait_until(lambda: len(backend._scheduler.waiting) == len(PROMPTS), timeout=30)
         await in_step.wait()
-        cancelled = stepper[0]
+        cancelled = stepper[1]
         assert cancelled in tasks
         cancelled.cancel()
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-        await wait_until(lambda: backend._scheduler.running is None, timeout=30)
+        await wait_until(lambda: not backend._scheduler.running, timeout=30)
+        assert not backend._scheduler.pool.rows  # the cancelled request's row left too
     for task, outcome, want in zip(tasks, outcomes, expected, strict=True):
         if task is cancelled:
             assert isinstance(outcome, asyncio.CancelledError)

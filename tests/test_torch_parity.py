@@ -62,7 +62,8 @@ def test_logits_match_prefill_denoise_self_conditioning_commit(pair: tuple) -> N
     reference, net, spec = pair
     generator = torch.Generator().manual_seed(1)
     prompt = torch.randint(3, spec.vocab, (2, spec.sliding_window + 3), generator=generator)
-    hf_cache, cache = DynamicCache(config=reference.config.text_config), net.new_cache(2)
+    hf_cache = DynamicCache(config=reference.config.text_config)
+    cache = net.new_cache(2, capacity=spec.sliding_window + 3 + 3 * spec.canvas)
     encoded = reference.model.encoder(input_ids=prompt, past_key_values=hf_cache)
     assert_close(softcapped(reference, encoded.last_hidden_state), net.encode(prompt, cache, logits=True))
     for _canvas in range(3):  # several canvases: the context runs past the sliding window
@@ -159,7 +160,7 @@ def test_default_sampler_draws_from_the_same_distribution() -> None:
         for _ in range(draws):
             probabilities, entropy = token_distribution(logits, reference=reference)
             accepted = entropy_bound_acceptance(entropy, 0.5)
-            next_canvas = randomness.draw(probabilities, accepted, [0])
+            next_canvas = randomness.draw(probabilities, accepted)
             masks.add(tuple(accepted[0].tolist()))
             counts[reference][next_canvas[0, 0]] += 1
         assert len(masks) == 1  # acceptance depends on the logits only

@@ -29,8 +29,9 @@ NIM_REQUESTS_PER_MINUTE = 40  # the hosted trial's documented rate per key
 
 # Hosted NIM and released vLLM ignore per-request diffusion knobs, never stream drafts, reject constrained
 # decoding with a 400, and NIM's DiffusionGemma variant lists logprobs as unsupported.
-NIM_CAPABILITIES = Capabilities(per_request_diffusion=False, denoise_stream=False, images=True)
-OPENAI_COMPATIBLE_CAPABILITIES = NIM_CAPABILITIES
+NIM_CAPABILITIES = Capabilities(per_request_diffusion=False, denoise_stream=False, images=True, context_window=262_144)
+# A server's context window is its own setting (vLLM's --max-model-len), unknown unless it advertises it.
+OPENAI_COMPATIBLE_CAPABILITIES = NIM_CAPABILITIES.model_copy(update={"context_window": None})
 
 
 class RemoteOptions(BaseModel):

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from diffusiongemma_sdk import AsyncDiffusionGemma
+from diffusiongemma_sdk import AsyncDiffusionGemma, Backend
 from diffusiongemma_sdk.server import create_app
 from diffusiongemma_sdk.server._run import server_config
 
@@ -66,13 +66,13 @@ class Running:
 
 @contextmanager
 def serving(
-    spec: str,
+    spec: str | Backend,
     *,
     client_options: dict[str, Any] | None = None,
     graceful: int = 5,
     **app_options: Any,
 ) -> Iterator[Running]:
-    """uvicorn with `run_server`'s settings, serving `spec` on a free loopback port, in a thread."""
+    """uvicorn with `run_server`'s settings, serving `spec` (or a backend) on a free loopback port, in a thread."""
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on such sockets (else Nagle adds ~40 ms per response)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
@@ -93,7 +93,7 @@ def serving(
         except BaseException as exc:
             failures.append(exc)
 
-    thread = threading.Thread(target=main, name=f"server {spec}", daemon=True)
+    thread = threading.Thread(target=main, name=f"server {spec!r}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
     while not (started.get("server") and started["server"].started):

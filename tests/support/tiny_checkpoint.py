@@ -71,6 +71,8 @@ class TinySpec:
     global_head_dim: int = 32
     global_kv_heads: int = 1
     context: int = 8192
+    intermediate: int | None = None  # the dense MLP's width; default 2 x hidden
+    moe_intermediate: int | None = None  # each expert's width; default hidden / 2
 
 
 def build_tiny_checkpoint(directory: Path, spec: TinySpec = TinySpec(), seed: int = 0) -> Path:
@@ -84,8 +86,9 @@ def build_tiny_checkpoint(directory: Path, spec: TinySpec = TinySpec(), seed: in
 
     torch.manual_seed(seed)
     text = DiffusionGemmaTextConfig(
-        vocab_size=spec.vocab, hidden_size=spec.hidden, intermediate_size=2 * spec.hidden,
-        moe_intermediate_size=spec.hidden // 2, num_experts=spec.experts, top_k_experts=spec.top_k,
+        vocab_size=spec.vocab, hidden_size=spec.hidden, intermediate_size=spec.intermediate or 2 * spec.hidden,
+        moe_intermediate_size=spec.moe_intermediate or spec.hidden // 2, num_experts=spec.experts,
+        top_k_experts=spec.top_k,
         num_hidden_layers=len(spec.layers), layer_types=list(spec.layers), num_attention_heads=spec.heads,
         num_key_value_heads=spec.kv_heads, head_dim=spec.head_dim, global_head_dim=spec.global_head_dim,
         num_global_key_value_heads=spec.global_kv_heads, sliding_window=spec.sliding_window,

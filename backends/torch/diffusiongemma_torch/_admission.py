@@ -1,11 +1,13 @@
 """Memory admission: what loading a checkpoint, one request and a batch of requests need, against what is free.
 
 The loader checks the weights before it reads them; the backend checks each request before any work; the scheduler
-sizes each batch. All three use these estimates, so they agree.
+admits a request into the running pool only while the memory left holds it. All three use these estimates, so they
+agree.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -16,18 +18,24 @@ from diffusiongemma_torch._config import TextConfig
 __all__ = [
     "DTYPE_BYTES",
     "PREFILL_CHUNK",
-    "batch_fits",
     "cache_bytes",
     "check_load_memory",
     "check_request_memory",
+    "fits_now",
     "load_bytes",
+    "pool_bytes",
     "request_bytes",
 ]
 
-PREFILL_CHUNK = 1024
+PREFILL_CHUNK = 256
 """Prompt tokens encoded per pass: a long prompt's attention masks grow with chunk x context, not context squared."""
 DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
 _WORKSPACE_COPIES = 6  # logits, probabilities, noise and entropy buffers of one canvas, fp32
+SAMPLING_COPIES = 3
+"""fp32 canvas-by-vocabulary tensors alive at once while a row samples (logits, scaled, probabilities and the
+entropy's temporaries)."""
+SAMPLING_WORKSPACE_BYTES = 512 * 2**20
+"""How much the pool's sampling may hold at once: rows sample together up to this (at least one at a time)."""
 
 
 def load_bytes(parameters: int, config: TextConfig, dtype: torch.dtype) -> int:
@@ -35,37 +43,53 @@ def load_bytes(parameters: int, config: TextConfig, dtype: torch.dtype) -> int:
     return parameters * DTYPE_BYTES[dtype] + _workspace_bytes(config)
 
 
-def cache_bytes(config: TextConfig, tokens: int, dtype: torch.dtype) -> int:
-    """The KV cache of one request with `tokens` of context (sliding layers keep their window)."""
-    return sum(_layer_cache_elements(config, tokens)) * DTYPE_BYTES[dtype]
+def cache_bytes(config: TextConfig, tokens: int, dtype: torch.dtype, prefill_chunk: int = PREFILL_CHUNK) -> int:
+    """The KV cache buffers of one request with `tokens` of context: all of it on full-attention layers, the window
+    and one pass's room on sliding ones (`KVCache`)."""
+    return sum(_layer_cache_elements(config, tokens, prefill_chunk)) * DTYPE_BYTES[dtype]
 
 
 def request_bytes(config: TextConfig, tokens: int, dtype: torch.dtype, prefill_chunk: int = PREFILL_CHUNK) -> int:
     """Memory one request adds to the loaded weights for `tokens` of context (prompt and answer).
 
-    Its KV cache; the largest transient of one layer's attention: that layer's keys and values copied once (the cache
-    and the new tokens joined) and once per query head when they are expanded for SDPA (every masked pass, and
-    unmasked ones on layers whose head dim is over 256); the prefill's two boolean masks of a chunk against the
-    context, and the additive copy SDPA makes of one. SDPA does not materialize the attention scores (measured on
-    CPU, torch 2.13: a 1,024 x 32,768 masked pass over 8 heads grew the peak by 135 MB, the float mask, not the
-    1 GiB of scores).
+    Its KV cache buffers; the largest transient of one layer's attention: its keys and values expanded once per query
+    head for SDPA (every masked pass, and unmasked ones on layers whose head dim is over 256; the cache itself is
+    attended in place); the prefill's two boolean masks of a chunk against the context, and the additive copy SDPA
+    makes of one. SDPA does not materialize the attention scores (measured on CPU, torch 2.13: a 1,024 x 32,768
+    masked pass over 8 heads grew the peak by 135 MB, the float mask, not the 1 GiB of scores).
     """
     size = DTYPE_BYTES[dtype]
-    layers = _layer_cache_elements(config, tokens)
+    layers = _layer_cache_elements(config, tokens, prefill_chunk)
     groups = [config.num_heads // kv_heads for kv_heads in config.kv_heads]
-    transient = max(elements * (1 + group if group > 1 else 1) for elements, group in zip(layers, groups, strict=True))
+    transient = max(elements * group if group > 1 else 0 for elements, group in zip(layers, groups, strict=True))
     chunk = min(tokens, prefill_chunk)
     return (sum(layers) + transient) * size + chunk * tokens * (2 + size)
 
 
-def batch_fits(config: TextConfig, tokens: int, batch: int, dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether `batch` requests of `tokens` context each (the longest of them) fit in the memory left on `device`.
+def pool_bytes(
+    config: TextConfig, tokens: Sequence[int], dtype: torch.dtype, workspace_bytes: int = SAMPLING_WORKSPACE_BYTES
+) -> int:
+    """Peak memory the continuous-batching pool adds to the loaded weights for requests of `tokens` context each.
 
-    Per row: its `request_bytes` twice (the rows still being denoised get a compact copy of the cache) and a canvas's
-    vocab-sized workspace.
-    """
-    per_row = 2 * request_bytes(config, tokens, dtype) + _workspace_bytes(config)
-    return _free_when_short(batch * per_row, device) is None
+    The slab of their caches (slots doubling as rows join, the last growth holding the old slab and the new one at
+    once), then the larger of one prefill's transients and one step's sampling: the canvases by vocabulary tensors
+    of as many rows at a time as `workspace_bytes` allows (`_pool.SAMPLING_COPIES` of them a row)."""
+    rows, capacity = len(tokens), max(tokens)
+    slots = 1
+    while slots < rows:
+        slots *= 2
+    per_slot = cache_bytes(config, capacity, dtype)
+    slab = (slots + slots // 2) * per_slot
+    prefill = request_bytes(config, capacity, dtype) - per_slot
+    canvas = SAMPLING_COPIES * config.canvas_length * config.vocab_size * 4
+    sampling = min(rows, max(1, workspace_bytes // canvas)) * canvas
+    return slab + max(prefill, sampling)
+
+
+def fits_now(config: TextConfig, tokens: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether one more request of `tokens` context (its cache, transients and a canvas's workspace) fits in the memory
+    left on `device` now (the running requests' caches are already allocated)."""
+    return _free_when_short(request_bytes(config, tokens, dtype) + _workspace_bytes(config), device) is None
 
 
 def check_request_memory(config: TextConfig, tokens: int, dtype: torch.dtype, device: torch.device) -> None:
@@ -92,9 +116,10 @@ def check_load_memory(
         )
 
 
-def _layer_cache_elements(config: TextConfig, tokens: int) -> list[int]:
+def _layer_cache_elements(config: TextConfig, tokens: int, prefill_chunk: int) -> list[int]:
+    room = max(config.canvas_length, min(prefill_chunk, tokens))  # the most new positions one pass writes
     return [
-        2 * heads * head_dim * (min(tokens, config.sliding_window - 1) if sliding else tokens)
+        2 * heads * head_dim * (config.sliding_window - 1 + room if sliding else tokens)
         for sliding, head_dim, heads in zip(config.sliding, config.head_dims, config.kv_heads, strict=True)
     ]
 

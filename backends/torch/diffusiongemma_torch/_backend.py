@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Literal
@@ -58,8 +59,17 @@ class TorchOptions(BaseModel):
         default=1,
         ge=1,
         description=(
-            "Requests that wait for the engine with the same diffusion settings are denoised together, up to this "
-            "many. More throughput under load; a seed's tokens can then (rarely) depend on what shares its batch."
+            "Requests denoised together, each on its own canvas clock with its own settings, up to this many; a "
+            "request joins at the next denoising step. More throughput under load; a seed's tokens can then (rarely) "
+            "depend on what shares the pass (the rounding of batched arithmetic)."
+        ),
+    )
+    prefix_cache_mb: int = Field(
+        default=512,
+        ge=0,
+        description=(
+            "Memory for the keys and values of prompts already encoded, reused by prompts that start alike (the "
+            "same system prompt and tools, the conversation so far); answers are the same as without. 0: off."
         ),
     )
 
@@ -82,13 +92,27 @@ class TorchBackend(Backend):
         self._call_marker = chat.token_id(TOOL_CALL_OPEN)
         forms = CAPABILITIES.tool_choice if self._call_marker is not None else ("auto",)
         self._capabilities = CAPABILITIES.model_copy(
-            update={"max_concurrency": options.max_batch, "tool_choice": forms}
+            update={
+                "max_concurrency": options.max_batch,
+                "tool_choice": forms,
+                "context_window": checkpoint.config.max_position_embeddings,
+            }
         )
-        self._scheduler = Scheduler(checkpoint, max_batch=options.max_batch, stream_every=options.stream_every)
+        self._scheduler = Scheduler(
+            checkpoint,
+            max_batch=options.max_batch,
+            stream_every=options.stream_every,
+            prefix_cache_bytes=options.prefix_cache_mb * 2**20,
+        )
 
     @property
     def capabilities(self) -> Capabilities:
         return self._capabilities
+
+    @property
+    def batch_sizes(self) -> Counter[int]:
+        """How many denoising passes the engine ran with each number of rows (requests that shared a pass)."""
+        return Counter(self._scheduler.batch_sizes)
 
     async def generate(self, request: GenerationRequest) -> Generation:
         async with aclosing(self._events(request.model_copy(update={"drafts": False}))) as events:
@@ -108,14 +132,15 @@ class TorchBackend(Backend):
 
     async def _events(self, request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
         scheduler = self._scheduler
-        job = await anyio.to_thread.run_sync(self._prepare, request, limiter=scheduler.worker)
-        scheduler.submit(job)
+        async with scheduler.arriving():
+            job = await anyio.to_thread.run_sync(self._prepare, request, limiter=scheduler.worker)
+            scheduler.submit(job)
         try:
             while True:
                 while job.pending:
                     yield job.pending.popleft()
-                if job.batch is not None and job.batch.error is not None:
-                    raise job.batch.error
+                if job.error is not None:
+                    raise job.error
                 if job.finished:
                     break
                 await scheduler.advance(job)

@@ -21,12 +21,11 @@ from diffusiongemma_torch._model import DiffusionGemmaTextNet, KVCache
 from diffusiongemma_torch._rows import BatchRows, CanvasRows
 from diffusiongemma_torch._sampler import (
     LinearTemperatureSchedule,
-    Randomness,
-    RowRandomness,
     SharedRandomness,
     StableAndConfidentStop,
     ban_tokens,
     entropy_bound_acceptance,
+    self_conditioning_probabilities,
     token_distribution,
 )
 
@@ -65,28 +64,23 @@ def generate_canvases(
     max_canvases: int | Sequence[int],
     stop_token_ids: tuple[int, ...],
     pad_token_id: int,
-    generator: torch.Generator | Sequence[torch.Generator],
+    generator: torch.Generator,
     prompt_valid: torch.Tensor | None = None,
 ) -> Generator[DenoiseStep | CanvasCommitted, None, None]:
-    """Generate canvases after `prompt` ([B, P], left-padded where `prompt_valid` is False).
+    """Generate canvases after `prompt` ([B, P], left-padded where `prompt_valid` is False), a static batch with
+    transformers' batch semantics: one generator, drawn from as `generate()` draws, every row at every step until the
+    whole batch has converged. (Serving uses the continuous-batching `RowPool`; this is the reference loop, and what
+    the parity tests hold token for token against transformers.)
 
-    `max_canvases` is one limit for the batch or one per row. `generator` is one for the whole batch, drawn from as
-    transformers' `generate()` draws, or one per row: a row then draws only while it is denoised and is not waited
-    for once it has converged or finished, so it gets the tokens of its prompt generated alone with its generator
-    (up to the rounding of batched arithmetic).
+    `max_canvases` is one limit for the batch or one per row.
     """
     batch, device = prompt.shape[0], prompt.device
     length, vocab = net.config.canvas_length, net.config.vocab_size
-    randomness: Randomness
-    if isinstance(generator, torch.Generator):
-        randomness = SharedRandomness(generator, batch, length, vocab, reference=settings.reference)
-    else:
-        if len(generator) != batch:
-            raise ValueError(f"{len(generator)} generators for a batch of {batch} rows")
-        randomness = RowRandomness(generator, length, vocab, reference=settings.reference)
+    randomness = SharedRandomness(generator, batch, length, vocab, reference=settings.reference)
     limits = torch.as_tensor(max_canvases, device=device).expand(batch)
     try:
-        cache = net.new_cache(batch)
+        capacity = prompt.shape[1] + int(limits.max()) * length  # the prompt and every canvas the rows may commit
+        cache = net.new_cache(batch, capacity, room=min(PREFILL_CHUNK, prompt.shape[1]))
         _prefill(net, cache, prompt, prompt_valid)
         stops = torch.tensor(stop_token_ids, device=device)
         yield from _canvases(net, cache, settings, randomness, limits, stops, pad_token_id)
@@ -104,18 +98,17 @@ def _canvases(
     net: DiffusionGemmaTextNet,
     cache: KVCache,
     settings: SamplerSettings,
-    randomness: Randomness,
+    randomness: SharedRandomness,
     limits: torch.Tensor,
     stop_tokens: torch.Tensor,
     pad_token_id: int,
 ) -> Iterator[DenoiseStep | CanvasCommitted]:
-    batch = BatchRows(cache, limits, compact=isinstance(randomness, RowRandomness))
+    batch = BatchRows(cache, limits)
     committed: torch.Tensor | None = None
     canvas_index = 0
     while True:
-        batch.drop_finished()
         if committed is not None:  # 6. commit (the previous canvas): the encoder writes it into the KV cache
-            net.encode(batch.live_rows_of(committed), batch.cache)
+            net.encode(committed, batch.cache)
         passes_before = batch.passes.clone()
         argmax = yield from _denoise_canvas(net, batch, settings, randomness, canvas_index)
         committed = batch.commit(argmax, canvas_index, stop_tokens, pad_token_id)
@@ -135,7 +128,7 @@ def _denoise_canvas(
     net: DiffusionGemmaTextNet,
     batch: BatchRows,
     settings: SamplerSettings,
-    randomness: Randomness,
+    randomness: SharedRandomness,
     canvas_index: int,
 ) -> Generator[DenoiseStep, None, torch.Tensor]:
     """Denoise one canvas until every row has converged or the steps run out; returns the argmax canvas."""
@@ -150,21 +143,20 @@ def _denoise_canvas(
         # 1. temperature: linear from t_max at the first step towards t_min at the last
         temperature = schedule.at(steps_left, device)
         # 2. forward: the decoder re-predicts the whole canvas from its noisy tokens and the last step's soft tokens
-        canvas, cache, soft = rows.inputs()
-        scaled = ban_tokens(net.denoise(canvas, cache, soft), settings.banned_token_ids) / temperature
+        scaled = ban_tokens(net.denoise(rows.canvas, batch.cache, rows.soft), settings.banned_token_ids) / temperature
         probabilities, entropy = token_distribution(scaled, reference=settings.reference)
         # 3. accept: the lowest-entropy positions within the entropy bound take a token sampled at this temperature
         accepted = entropy_bound_acceptance(entropy, settings.entropy_bound)
         # 4. renoise: every other position is redrawn uniformly from the vocabulary
-        next_canvas = randomness.draw(probabilities, accepted, rows.computed.tolist())
-        next_soft = net.soft_embedding(_self_conditioning_probabilities(scaled, probabilities, net.dtype))
+        next_canvas = randomness.draw(probabilities, accepted)
+        next_soft = net.soft_embedding(self_conditioning_probabilities(scaled, probabilities, net.dtype))
         argmax = torch.argmax(scaled, dim=-1)
         argmax, next_canvas, next_soft = rows.keep_converged(argmax, next_canvas, next_soft)
         # 5. stop: a row has converged once its argmax canvas is stable and its mean entropy is confident
-        rows.update(next_canvas, argmax, next_soft, accepted, entropy, stop.converged(rows.computed, argmax, entropy))
+        rows.update(next_canvas, argmax, next_soft, accepted, entropy, stop.converged(argmax, entropy))
         last_step = steps_left == 1 or rows.all_converged
         if not last_step:
-            randomness.prefetch(rows.denoised_next())
+            randomness.prefetch()
         yield DenoiseStep(
             canvas_index=canvas_index,
             step=step,
@@ -176,12 +168,3 @@ def _denoise_canvas(
         if last_step:
             break
     return rows.argmax
-
-
-def _self_conditioning_probabilities(
-    scaled: torch.Tensor, probabilities: torch.Tensor, dtype: torch.dtype
-) -> torch.Tensor:
-    """The reference casts the scaled logits to the model dtype before its fp32 softmax; in fp32 that is a no-op."""
-    if dtype == torch.float32:
-        return probabilities
-    return torch.softmax(scaled.to(dtype), dim=-1, dtype=torch.float32)

@@ -9,8 +9,7 @@ softcap.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import cast
 
 import torch
@@ -81,16 +80,32 @@ class Attention(nn.Module):
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, *, causal: bool
     ) -> torch.Tensor:
-        """Scaled dot-product attention with scale 1.0, dispatched as the reference dispatches it."""
+        """Scaled dot-product attention with scale 1.0 over the keys and values as the cache holds them; the heads'
+        outputs, [batch, heads, tokens, head_dim].
+
+        Grouped query heads: SDPA's own GQA where it takes them (no mask, head dim up to 256). A canvas against the
+        cache otherwise (one mask row for every query, or none) stacks each group's query heads as more queries of
+        their key head, so a denoising step never copies the keys; the encoder's passes (a mask per query, once per
+        prefill chunk or committed canvas) expand the keys per query head, as transformers does.
+        """
         causal = causal and mask is None and q.shape[2] > 1
-        if mask is None and self.groups > 1 and self.head_dim <= 256:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=1.0, enable_gqa=True)
+        if self.groups == 1 or (mask is None and self.head_dim <= 256):
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=causal, scale=1.0, enable_gqa=self.groups > 1
+            )
+        elif not causal and (mask is None or mask.shape[2] == 1):
+            batch, heads, queries, dim = q.shape
+            stacked = q.reshape(batch, self.kv_heads, self.groups * queries, dim)
+            out = F.scaled_dot_product_attention(stacked, k, v, attn_mask=mask, scale=1.0)
+            out = out.reshape(batch, heads, queries, dim)
         else:
-            if self.groups > 1:
-                k = k.repeat_interleave(self.groups, dim=1)
-                v = v.repeat_interleave(self.groups, dim=1)
+            k, v = k.repeat_interleave(self.groups, dim=1), v.repeat_interleave(self.groups, dim=1)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=1.0)
-        projected: torch.Tensor = self.o_proj(out.transpose(1, 2).reshape(*q.shape[:1], q.shape[2], -1))
+        return out
+
+    def output(self, out: torch.Tensor) -> torch.Tensor:
+        """The heads' outputs [batch, heads, tokens, head_dim] projected back to hidden size."""
+        projected: torch.Tensor = self.o_proj(out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1))
         return projected
 
 
@@ -202,48 +217,118 @@ class Layer(nn.Module):
 
 
 class KVCache:
-    """Keys and values the encoder wrote, per layer. Sliding layers keep the last `sliding_window - 1` tokens.
+    """Keys and values the encoder wrote, per layer, in buffers allocated once; nothing is copied per step.
+
+    A full-attention layer's buffer holds `capacity` positions. A sliding layer's holds its window (the last
+    `sliding_window - 1` positions) followed by `room` positions for the new tokens of one pass. A pass writes its
+    keys and values in place right after what a layer holds and attends over a view of the buffer, in position order
+    (as transformers' cache does, so the arithmetic is the same): the encoder's pass then keeps them (a sliding layer
+    moves its window back to the front, once per pass), a canvas being denoised is only written into that slot,
+    overwritten by the next step and in the end by the committed canvas.
 
     `valid[b, p]` says whether absolute position `p` of row `b` is a real token (False for left padding).
     """
 
-    def __init__(self, config: TextConfig, batch: int, device: torch.device) -> None:
+    def __init__(self, config: TextConfig, keys: list[torch.Tensor], values: list[torch.Tensor], capacity: int) -> None:
         self.window = config.sliding_window
         self.sliding = config.sliding
-        self.keys: list[torch.Tensor | None] = [None] * config.num_layers
-        self.values: list[torch.Tensor | None] = [None] * config.num_layers
+        self.capacity = capacity
+        self.keys, self.values = keys, values
         self.length = 0
-        self.valid = torch.ones(batch, 0, dtype=torch.bool, device=device)
+        self.valid = torch.ones(keys[0].shape[0], 0, dtype=torch.bool, device=keys[0].device)
 
-    def select(self, rows: torch.Tensor) -> KVCache:
-        """A cache of only `rows` (indices into this one's batch), copied."""
-        picked = copy.copy(self)
-        picked.keys = [None if k is None else k[rows] for k in self.keys]
-        picked.values = [None if v is None else v[rows] for v in self.values]
-        picked.valid = self.valid[rows]
-        return picked
+    @classmethod
+    def allocate(
+        cls, config: TextConfig, batch: int, device: torch.device, dtype: torch.dtype, capacity: int, room: int
+    ) -> KVCache:
+        """A cache of its own, for `batch` rows."""
+        keys, values = _buffers(config, batch, device, dtype, capacity, room)
+        return cls(config, keys, values, capacity)
+
+    def rebind(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+        """Hold the same positions in other buffers (a slab that grew, or another slot of it), copied there."""
+        self.keys, self.values = keys, values
+
+    def held(self, sliding: bool) -> int:
+        """How many positions a layer of this kind holds (the last ones)."""
+        return min(self.length, self.window - 1) if sliding else self.length
 
     def retained_start(self, sliding: bool) -> int:
         """The first absolute position still held by a layer of this kind."""
-        return max(0, self.length - (self.window - 1)) if sliding else 0
+        return self.length - self.held(sliding)
 
-    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append new keys and values; return everything the new tokens attend over."""
-        old_k, old_v = self.keys[layer], self.values[layer]
-        full_k = k if old_k is None else torch.cat([old_k, k], dim=-2)
-        full_v = v if old_v is None else torch.cat([old_v, v], dim=-2)
-        if self.sliding[layer]:
-            self.keys[layer], self.values[layer] = full_k[:, :, -self.window + 1 :], full_v[:, :, -self.window + 1 :]
-        else:
-            self.keys[layer], self.values[layer] = full_k, full_v
-        return full_k, full_v
+    def attended(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write new keys and values after what `layer` holds; return views of everything they attend over."""
+        start = self.held(self.sliding[layer])
+        end = start + k.shape[-2]
+        if end > self.keys[layer].shape[-2]:
+            raise ValueError(f"{end} positions do not fit layer {layer}'s cache of {self.keys[layer].shape[-2]}")
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
-    def with_canvas(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The cache followed by a canvas's keys and values, without storing them."""
-        old_k, old_v = self.keys[layer], self.values[layer]
-        if old_k is None or old_v is None:
-            return k, v
-        return torch.cat([old_k, k], dim=-2), torch.cat([old_v, v], dim=-2)
+    def keep(self, new: int) -> None:
+        """After an encoder pass wrote `new` positions: count them, and move each sliding window to the front."""
+        for layer, sliding in enumerate(self.sliding):
+            total = self.held(sliding) + new
+            kept = min(total, self.window - 1) if sliding else total
+            if kept < total:
+                for buffer in (self.keys[layer], self.values[layer]):
+                    buffer[:, :, :kept] = buffer[:, :, total - kept : total].clone()
+        self.length += new
+
+
+def _buffers(
+    config: TextConfig, slots: int, device: torch.device, dtype: torch.dtype, capacity: int, room: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Keys and values buffers per layer: `capacity` positions on full layers, window and room on sliding ones.
+
+    Zeroed: a pass over rows of other lengths reads past a row's end under a mask, which weighs those values 0, and
+    0 times whatever was left in fresh memory (a NaN) would not be 0."""
+    sizes = [config.sliding_window - 1 + room if sliding else capacity for sliding in config.sliding]
+    layers = zip(config.kv_heads, sizes, config.head_dims, strict=True)
+    shapes = [(slots, heads, size, dim) for heads, size, dim in layers]
+    return (
+        [torch.zeros(shape, dtype=dtype, device=device) for shape in shapes],
+        [torch.zeros(shape, dtype=dtype, device=device) for shape in shapes],
+    )
+
+
+class CacheSlab:
+    """The KV caches of rows generated together, in shared buffers: slot `i` of each layer's
+    [slots, kv_heads, size, head_dim] buffer is row `i`'s cache (`cache(i)` views it, copying nothing), so that
+    `denoise_rows` attends over all of them in one pass per layer. Rows keep slots 0 to n - 1 (`move` fills a hole)."""
+
+    def __init__(
+        self, config: TextConfig, device: torch.device, dtype: torch.dtype, slots: int, capacity: int, room: int
+    ) -> None:
+        self.config, self.device, self.dtype = config, device, dtype
+        self.slots, self.capacity, self.room = slots, capacity, room
+        self.keys, self.values = _buffers(config, slots, device, dtype, capacity, room)
+
+    def cache(self, slot: int) -> KVCache:
+        """A fresh cache viewing slot `slot`."""
+        keys, values = self.views(slot)
+        return KVCache(self.config, keys, values, self.capacity)
+
+    def views(self, slot: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return [k[slot : slot + 1] for k in self.keys], [v[slot : slot + 1] for v in self.values]
+
+    def grown(self, slots: int, capacity: int) -> CacheSlab:
+        """A larger slab holding what this one holds (slot for slot)."""
+        bigger = CacheSlab(self.config, self.device, self.dtype, slots, capacity, self.room)
+        for old, new in zip([*self.keys, *self.values], [*bigger.keys, *bigger.values], strict=True):
+            new[: old.shape[0], :, : old.shape[2]] = old
+        return bigger
+
+    def move(self, source: int, target: int) -> None:
+        """Copy slot `source` into slot `target` (once, when the row in `target` has left)."""
+        for buffer in (*self.keys, *self.values):
+            buffer[target] = buffer[source]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
 
 class DiffusionGemmaTextNet(nn.Module):
@@ -264,8 +349,12 @@ class DiffusionGemmaTextNet(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.embed_tokens.weight.dtype
 
-    def new_cache(self, batch: int) -> KVCache:
-        return KVCache(self.config, batch, self.embed_tokens.weight.device)
+    def new_cache(self, batch: int, capacity: int, room: int | None = None) -> KVCache:
+        """A cache for `capacity` positions of context (prompt and every canvas), taking at most `room` new tokens
+        a pass (default: `capacity`)."""
+        weight = self.embed_tokens.weight
+        room = max(self.config.canvas_length, capacity if room is None else room)
+        return KVCache.allocate(self.config, batch, weight.device, weight.dtype, capacity, room)
 
     def encode(
         self, ids: torch.Tensor, cache: KVCache, valid: torch.Tensor | None = None, *, logits: bool = False
@@ -279,46 +368,58 @@ class DiffusionGemmaTextNet(nn.Module):
         valid = torch.ones_like(ids, dtype=torch.bool) if valid is None else valid
         all_valid = torch.cat([cache.valid, valid], dim=1)
         masks = {sliding: self._causal_mask(cache, positions, all_valid, sliding) for sliding in (False, True)}
-        x = self._layers(self._embed(ids), positions, masks, cache.extend, causal=True, encoder=True)
-        cache.length += length
+        x = self._layers(self._embed(ids), positions, _in_cache(cache, masks, causal=True), encoder=True)
+        cache.keep(length)
         cache.valid = all_valid
-        return self._logits(x) if logits else None
+        return self.logits(x) if logits else None
 
     def denoise(self, canvas: torch.Tensor, cache: KVCache, soft: torch.Tensor | None = None) -> torch.Tensor:
         """Run bidirectionally over a canvas against the cache (never written). Returns fp32 logits.
 
         `soft` is the self-conditioning signal at hidden size (`soft_embedding` of the previous step's logits).
         """
+        positions = torch.arange(cache.length, cache.length + canvas.shape[1], device=canvas.device)
+        masks = {sliding: self._canvas_mask(cache, canvas.shape[1], sliding) for sliding in (False, True)}
+        attention = _in_cache(cache, masks, causal=False)
+        return self.logits(self._layers(self._canvas_input(canvas, soft), positions, attention, encoder=False))
+
+    def denoise_rows(
+        self, canvas: torch.Tensor, slab: CacheSlab, caches: Sequence[KVCache], soft: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Denoise the canvases of rows whose caches are slots 0 to n - 1 of `slab` (any lengths: a ragged batch), in
+        one pass.
+
+        Row `i` of `canvas` ([rows, canvas_length]) is at the positions after `caches[i]` and attends over that cache
+        alone (a mask hides what lies past its canvas), in place. Returns the final hidden states
+        ([rows, canvas_length, hidden]): `logits` turns them into logits, some rows at a time, so the
+        vocabulary-sized work need not be held for every row at once.
+        """
+        width = canvas.shape[1]
+        lengths = torch.tensor([c.length for c in caches], device=canvas.device)
+        positions = lengths[:, None] + torch.arange(width, device=canvas.device)
+        attention = _in_slab(slab, caches, width)
+        return self._layers(self._canvas_input(canvas, soft), positions, attention, encoder=False)
+
+    def _canvas_input(self, canvas: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
+        """The embedded canvas, conditioned on the previous step's soft tokens (none at a canvas's first step)."""
         eps = self.config.rms_norm_eps
         x = self._embed(canvas)
         if soft is None:
             soft = torch.zeros_like(x)
         sc = self.self_conditioning
-        x = rms_norm(x + sc(rms_norm(soft, sc.pre_norm.weight, eps)), None, eps)
-        positions = torch.arange(cache.length, cache.length + canvas.shape[1], device=canvas.device)
-        masks = {sliding: self._canvas_mask(cache, canvas.shape[1], sliding) for sliding in (False, True)}
-        x = self._layers(x, positions, masks, cache.with_canvas, causal=False, encoder=False)
-        return self._logits(x)
+        return rms_norm(x + sc(rms_norm(soft, sc.pre_norm.weight, eps)), None, eps)
 
     def _layers(
-        self,
-        x: torch.Tensor,
-        positions: torch.Tensor,
-        masks: Mapping[bool, torch.Tensor | None],
-        keys_values: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-        *,
-        causal: bool,
-        encoder: bool,
+        self, x: torch.Tensor, positions: torch.Tensor, attention: AttentionOver, *, encoder: bool
     ) -> torch.Tensor:
-        """The shared body: `keys_values` decides what each layer attends over (and whether it is stored)."""
+        """The shared body; `attention` writes a layer's new keys and values and attends over what they see."""
         eps = self.config.rms_norm_eps
         rope = self._rope(positions, x.dtype)
         for index, layer in enumerate(cast("Iterable[Layer]", self.layers)):
-            attention = layer.self_attn
+            module = layer.self_attn
             cos, sin = rope[self.config.layer_types[index]]
-            q, k, v = attention.project(rms_norm(x, layer.input_layernorm.weight, eps), cos, sin, eps)
-            k, v = keys_values(index, k, v)
-            out = attention.attend(q, k, v, masks[attention.sliding], causal=causal)
+            q, k, v = module.project(rms_norm(x, layer.input_layernorm.weight, eps), cos, sin, eps)
+            out = module.output(attention(index, module, q, k, v))
             x = x + rms_norm(out, layer.post_attention_layernorm.weight, eps)
             x = layer.feed_forward(x, eps) * (layer.encoder_layer_scalar if encoder else layer.layer_scalar)
         return x
@@ -336,17 +437,20 @@ class DiffusionGemmaTextNet(nn.Module):
         weight = self.embed_tokens.weight
         return torch.tensor(self.config.hidden_size**0.5, device=weight.device).to(weight.dtype)
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """fp32 logits (softcapped) of final hidden states."""
         x = rms_norm(x, self.norm.weight, self.config.rms_norm_eps)
         logits = F.linear(x, self.embed_tokens.weight).float()
         cap = self.config.final_logit_softcapping
         return logits if cap is None else torch.tanh(logits / cap) * cap
 
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """cos and sin per layer type, [1 or rows, tokens, head_dim], for positions [tokens] or [rows, tokens]."""
         tables = {}
+        rows = positions if positions.dim() == 2 else positions[None]
         for layer_type in set(self.config.layer_types):
             inv_freq: torch.Tensor = getattr(self, f"{layer_type}_inv_freq")
-            freqs = positions[None, :, None].float() * inv_freq.float()
+            freqs = rows[:, :, None].float() * inv_freq.float()
             emb = torch.cat((freqs, freqs), dim=-1)
             tables[layer_type] = (emb.cos().to(dtype), emb.sin().to(dtype))
         return tables
@@ -369,3 +473,44 @@ class DiffusionGemmaTextNet(nn.Module):
         held = cache.valid[:, cache.retained_start(sliding) :]
         canvas = torch.ones(held.shape[0], canvas_length, dtype=torch.bool, device=held.device)
         return torch.cat([held, canvas], dim=1)[:, None, None, :]
+
+
+AttentionOver = Callable[[int, Attention, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""Writes layer `index`'s new keys and values where they belong and returns the heads' attention outputs."""
+
+
+def _in_cache(cache: KVCache, masks: Mapping[bool, torch.Tensor | None], *, causal: bool) -> AttentionOver:
+    """Attention of a batch that shares one cache (rows aligned, left padding masked)."""
+
+    def attend(index: int, module: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        keys, values = cache.attended(index, k, v)
+        return module.attend(q, keys, values, masks[module.sliding], causal=causal)
+
+    return attend
+
+
+def _in_slab(slab: CacheSlab, caches: Sequence[KVCache], width: int) -> AttentionOver:
+    """Attention of rows whose caches are slab slots 0 to n - 1: each row's canvas is written after its own cache,
+    then one pass attends over the slots, a mask hiding what lies past each row's canvas."""
+    rows, device = len(caches), slab.device
+    offsets = torch.arange(width, device=device)
+    layout: dict[bool, tuple[torch.Tensor, int, torch.Tensor | None]] = {}
+    for sliding in (False, True):
+        starts = torch.tensor([c.held(sliding) for c in caches], device=device)
+        ends = starts + width
+        end = int(ends.max())
+        same = bool((ends == end).all())
+        mask = None if same else (torch.arange(end, device=device)[None, :] < ends[:, None])[:, None, None, :]
+        layout[sliding] = (starts[:, None] + offsets, end, mask)
+    row_index = torch.arange(rows, device=device)[:, None].expand(rows, width)
+
+    def attend(index: int, module: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        positions, end, mask = layout[module.sliding]
+        keys, values = slab.keys[index], slab.values[index]
+        if end > keys.shape[2]:
+            raise ValueError(f"{end} positions do not fit layer {index}'s slab of {keys.shape[2]}")
+        keys.transpose(1, 2)[row_index, positions] = k.transpose(1, 2)
+        values.transpose(1, 2)[row_index, positions] = v.transpose(1, 2)
+        return module.attend(q, keys[:rows, :, :end], values[:rows, :, :end], mask, causal=False)
+
+    return attend

@@ -12,13 +12,13 @@ Two implementations of one distribution:
 same order, so that on a CPU the next step's noise can be drawn in a background thread while the network runs, from
 numpy's copy of the generator's stream (`mt19937`), and only the accepted rows are turned into numbers.
 
-Where the random numbers come from: `SharedRandomness`, one generator for the whole batch (transformers' batch
-semantics), or `RowRandomness`, one per row, so that a row in a batch draws what it would draw alone.
+Where the random numbers come from: `SharedRandomness`, one generator for all the rows it draws for, consumed as
+transformers' `generate()` consumes it (a static batch), or for one row (each row of the continuous-batching pool has
+its own, so it draws what it would draw alone).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -30,13 +30,12 @@ from diffusiongemma_torch import _mt19937 as mt19937
 __all__ = [
     "LinearTemperatureSchedule",
     "NoiseSource",
-    "Randomness",
-    "RowRandomness",
     "SharedRandomness",
     "StableAndConfidentStop",
     "StepNoise",
     "ban_tokens",
     "entropy_bound_acceptance",
+    "self_conditioning_probabilities",
     "token_distribution",
 ]
 
@@ -96,8 +95,8 @@ class NoiseSource:
 
 
 class SharedRandomness:
-    """One generator for the whole batch, consumed exactly as transformers' `generate()` consumes it: every row
-    draws at every step, so `rows` must always be all of them."""
+    """One generator for a batch of rows (or one row), consumed exactly as transformers' `generate()` consumes it:
+    every row draws at every step."""
 
     def __init__(self, generator: torch.Generator, batch: int, length: int, vocab: int, *, reference: bool) -> None:
         self.reference = reference
@@ -106,17 +105,17 @@ class SharedRandomness:
         self._vocab = vocab
         self._noise = NoiseSource(generator, batch, length, vocab) if reference else None
 
-    def new_canvas(self, rows: Sequence[int]) -> torch.Tensor:
-        """Fully noised canvases for `rows`, [len(rows), L]."""
+    def new_canvas(self) -> torch.Tensor:
+        """Fully noised canvases, [B, L]."""
         return self._uniform()
 
-    def prefetch(self, rows: Sequence[int]) -> None:
-        """`rows` will be denoised once more: draw that step's reference noise ahead."""
-        if self._noise is not None and rows:
+    def prefetch(self) -> None:
+        """The rows will be denoised once more: draw that step's reference noise ahead."""
+        if self._noise is not None:
             self._noise.prefetch()
 
-    def draw(self, probabilities: torch.Tensor, accepted: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
-        """The next canvases of `rows`: accepted positions sampled from `probabilities`, the others renoised."""
+    def draw(self, probabilities: torch.Tensor, accepted: torch.Tensor) -> torch.Tensor:
+        """The next canvases: accepted positions sampled from `probabilities`, the others renoised."""
         if self._noise is not None:
             noise = self._noise.take()
             flat = accepted.view(-1).nonzero().squeeze(-1)
@@ -136,39 +135,6 @@ class SharedRandomness:
 
     def _uniform(self) -> torch.Tensor:
         return torch.randint(0, self._vocab, self._shape, generator=self._generator, device=self._generator.device)
-
-
-class RowRandomness:
-    """One generator per row, drawn from only while its row is denoised.
-
-    A row so consumes its generator exactly as the same prompt generated alone would, and gets that run's tokens, up
-    to the rounding of batched arithmetic (which can, rarely, flip a sampled token).
-    """
-
-    def __init__(self, generators: Sequence[torch.Generator], length: int, vocab: int, *, reference: bool) -> None:
-        self.reference = reference
-        self._rows = [SharedRandomness(g, 1, length, vocab, reference=reference) for g in generators]
-
-    def new_canvas(self, rows: Sequence[int]) -> torch.Tensor:
-        """Fully noised canvases for `rows`, [len(rows), L]; the other rows draw nothing."""
-        return torch.cat([self._rows[row].new_canvas([0]) for row in rows])
-
-    def prefetch(self, rows: Sequence[int]) -> None:
-        for row in rows:
-            self._rows[row].prefetch([0])
-
-    def draw(self, probabilities: torch.Tensor, accepted: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
-        """The next canvases of `rows` ([len(rows), L]), each from its row's generator."""
-        return torch.cat(
-            [self._rows[row].draw(probabilities[i : i + 1], accepted[i : i + 1], [0]) for i, row in enumerate(rows)]
-        )
-
-    def close(self) -> None:
-        for row in self._rows:
-            row.close()
-
-
-Randomness = SharedRandomness | RowRandomness
 
 
 @dataclass(frozen=True)
@@ -197,9 +163,20 @@ def token_distribution(scaled_logits: torch.Tensor, *, reference: bool) -> tuple
     return probabilities, entropy
 
 
-def entropy_bound_acceptance(entropy: torch.Tensor, bound: float) -> torch.Tensor:
+def self_conditioning_probabilities(
+    scaled: torch.Tensor, probabilities: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """What self-conditioning reads: the reference casts the scaled logits to the model dtype before its fp32
+    softmax; in fp32 that is the step's probabilities themselves."""
+    if dtype == torch.float32:
+        return probabilities
+    return torch.softmax(scaled.to(dtype), dim=-1, dtype=torch.float32)
+
+
+def entropy_bound_acceptance(entropy: torch.Tensor, bound: float | torch.Tensor) -> torch.Tensor:
     """The acceptance rule: the k lowest-entropy positions whose entropies, less the largest of them, sum to at most
-    `bound`. The lowest-entropy position is always accepted; acceptance does not depend on any sample."""
+    `bound` (one for all rows, or [B, 1]: one per row). The lowest-entropy position is always accepted; acceptance
+    does not depend on any sample."""
     ordered, order = torch.sort(entropy, dim=-1)
     keep = torch.cumsum(ordered, dim=-1) - ordered <= bound
     return torch.scatter(torch.zeros_like(keep), dim=-1, index=order, src=keep)
@@ -223,11 +200,11 @@ class StableAndConfidentStop:
         self._history = torch.full((depth, *shape), -1, dtype=torch.long, device=device)
         self._confidence = confidence_threshold
 
-    def converged(self, rows: torch.Tensor, argmax: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
-        """Whether each of `rows` converged at this step, given its argmax canvas and entropies; records the canvas."""
-        stable = (self._history[:, rows] == argmax[None]).all(dim=-1).all(dim=0)
+    def converged(self, argmax: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
+        """Whether each row converged at this step, given its argmax canvas and entropies; records the canvas."""
+        stable = (self._history == argmax[None]).all(dim=-1).all(dim=0)
         if len(self._history):
-            self._history[:, rows] = torch.cat([self._history[1:, rows], argmax[None]])
+            self._history = torch.cat([self._history[1:], argmax[None]])
         return stable & (entropy.mean(dim=-1) < self._confidence)
 
 
