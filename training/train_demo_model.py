@@ -42,7 +42,7 @@ from diffusiongemma_torch.demo.tasks import SORT_LENGTHS, TaskKind, sample_task
 from training.demo_examples import Example, canvas_example, completion_text, copy_example, sample_example
 from training.demo_tokenizer import VOCAB_SIZE, build_tokenizer
 
-CANVAS = 16
+CANVAS = 32
 COPY_SHARE = 0.1
 SORT_START = 8
 IGNORE = -100
@@ -61,7 +61,7 @@ GENERATION_CONFIG = {
 class Batch:
     """Left-padded encoder ids and mask, clean target canvases, and (with the encoder loss) its next-token targets.
 
-    With `canvas_in_encoder`, the last `canvas` encoder positions hold the clean target canvas (for the encoder
+    With the encoder loss, the last `canvas` encoder positions hold the clean target canvas (for the encoder
     loss); the decoder must not see them.
     """
 
@@ -120,6 +120,8 @@ class Data:
     encoder_loss: bool
     sort_ramp: int = 0
     """Over the first `sort_ramp` batches the sort lists' longest length grows from `SORT_START` to 40."""
+    pool_first: bool = False
+    """The order of the random draws (a pool's examples, then their canvases; or each canvas after its example)."""
 
 
 def batches(rng: random.Random, chat: ChatFormat, size: int, data: Data, pool: int = 16) -> Iterator[Batch]:
@@ -135,14 +137,19 @@ def batches(rng: random.Random, chat: ChatFormat, size: int, data: Data, pool: i
         sort_max = None
         if drawn < data.sort_ramp:
             sort_max = SORT_START + (SORT_LENGTHS[1] - SORT_START) * drawn // data.sort_ramp
-        examples = [_example(rng, chat, share, data, sort_max) for _ in range(size * pool)]
-        pairs = sorted(
-            (canvas_example(example, rng, data.canvas, 0) for example in examples), key=lambda pair: len(pair[0])
-        )
+        if data.pool_first:  # the pool's examples, then their canvases
+            examples = [_example(rng, chat, share, data, sort_max) for _ in range(size * pool)]
+            drawn_pairs = [canvas_example(example, rng, data.canvas, 0) for example in examples]
+        else:  # each example's canvas right after the example
+            drawn_pairs = [
+                canvas_example(_example(rng, chat, share, data, sort_max), rng, data.canvas, 0)
+                for _ in range(size * pool)
+            ]
+        pairs = sorted(drawn_pairs, key=lambda pair: len(pair[0]))
         groups = [pairs[start : start + size] for start in range(0, len(pairs), size)]
         rng.shuffle(groups)
         drawn += pool
-        yield from (_collate(group, data.encoder_loss, chat) for group in groups)
+        yield from (_collate(group, data.encoder_loss) for group in groups)
 
 
 def _example(rng: random.Random, chat: ChatFormat, copy_share: float, data: Data, sort_max: int | None) -> Example:
@@ -151,9 +158,8 @@ def _example(rng: random.Random, chat: ChatFormat, copy_share: float, data: Data
     return sample_example(rng, chat, data.mixture, sort_max)
 
 
-def _collate(pairs: list[tuple[list[int], list[int], int]], encoder_loss: bool, chat: ChatFormat) -> Batch:
+def _collate(pairs: list[tuple[list[int], list[int], int]], encoder_loss: bool) -> Batch:
     length = max(len(ids) for ids, _, _ in pairs)
-    canvas = len(pairs[0][1])
     ids = torch.zeros(len(pairs), length, dtype=torch.long)
     mask = torch.zeros(len(pairs), length, dtype=torch.bool)
     for row, (prompt, _, _) in enumerate(pairs):
@@ -239,30 +245,35 @@ def _mixture(text: str) -> dict[TaskKind, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=DEMO_DIR)
-    parser.add_argument("--steps", type=int, default=4500)
+    parser.add_argument("--steps", type=int, default=5800)
     parser.add_argument("--copy-steps", type=int, default=300, help="steps of copy exercises only, at the start")
-    parser.add_argument("--batch", type=int, default=24)
+    parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--lr", type=float, default=8e-3)
     parser.add_argument("--hidden", type=int, default=160)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=20)
     parser.add_argument("--canvas", type=int, default=CANVAS)
-    parser.add_argument("--window", type=int, default=512, help="sliding window of the sliding-attention layers")
-    parser.add_argument("--mixture", default="0.6/0.2/0.2", help="shares of sort/reverse/add")
-    parser.add_argument("--encoder-loss", type=float, default=1.0, help="weight of the encoder's next-token loss")
-    parser.add_argument("--prefix-noise", type=float, default=0.5, help="share of canvases with a clean prefix")
+    parser.add_argument("--window", type=int, default=64, help="sliding window of the sliding-attention layers")
+    parser.add_argument("--mixture", default="0.3/0.4/0.3", help="shares of sort/reverse/add")
+    parser.add_argument("--encoder-loss", type=float, default=0.0, help="weight of the encoder's next-token loss")
+    parser.add_argument("--prefix-noise", type=float, default=0.0, help="share of canvases with a clean prefix")
     parser.add_argument("--checkpoints", type=Path, help="also save the model every --save-every steps here")
     parser.add_argument("--save-every", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", type=Path, help="start from this saved model (its architecture and canvas win)")
     parser.add_argument("--sort-ramp", type=int, default=0, help="steps over which sort lists grow to 40 numbers")
+    parser.add_argument(
+        "--pool-first", action="store_true", help="draw a pool's examples before their canvases (another seeded stream)"
+    )
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True)
     if args.init:  # loaded before the tokenizer is written, which may be into the same directory
         model = DiffusionGemmaForBlockDiffusion.from_pretrained(args.init, dtype=torch.float32).train()
+        for part in (model.config.text_config, model.config.vision_config):
+            part.dtype = None  # a loading detail, not saved: the config stays the one a fresh run writes
         args.canvas = model.config.canvas_length
     else:
         config = model_config(args.hidden, args.layers, args.heads, args.head_dim, args.canvas, args.window)
@@ -282,6 +293,7 @@ def main() -> None:
         copy_steps=args.copy_steps,
         encoder_loss=args.encoder_loss > 0,
         sort_ramp=args.sort_ramp,
+        pool_first=args.pool_first,
     )
     started, smoothed = time.monotonic(), None
     for step, batch in enumerate(batches(random.Random(args.seed), chat, args.batch, data), start=1):
