@@ -15,13 +15,13 @@ import torch
 pytest.importorskip("transformers")
 
 from diffusiongemma_sdk import AsyncDiffusionGemma, CanvasEvent, DenoiseStepEvent, DoneEvent, Generation, Message
+from diffusiongemma_sdk._local.progress import RequestProgress
 from diffusiongemma_torch import _admission as admission
 from diffusiongemma_torch import _scheduler as scheduler_module
 from diffusiongemma_torch._backend import TorchBackend
 from diffusiongemma_torch._chat import ChatFormat
 from diffusiongemma_torch._checkpoint import load_checkpoint
 from diffusiongemma_torch._engine import CanvasCommitted, DenoiseStep, generate_canvases
-from diffusiongemma_torch._progress import RequestProgress
 from diffusiongemma_torch._scheduler import Batch, Scheduler
 from diffusiongemma_torch.demo import DEMO_DIR
 from diffusiongemma_torch.demo.tasks import add
@@ -85,7 +85,7 @@ def run_rows(
 @pytest.mark.parametrize("reference", [False, True])
 def test_each_row_of_a_batch_gets_what_its_prompt_gets_alone(reference: bool) -> None:
     """Per-row generators, canvas limits and early stops: a row's tokens, steps and passes are its solo run's."""
-    chat = ChatFormat(DEMO_DIR)
+    chat = ChatFormat.from_directory(DEMO_DIR)
     prompts = [encoded(chat, text) for text in PROMPTS]
     seeds, limits = [11, 22, 33, 44], [1, 1, 1, 2]
     together, batch_steps = run_rows(prompts, seeds, limits, reference=reference)
@@ -246,11 +246,11 @@ async def test_a_request_cancelled_by_asyncio_inside_a_step_loses_nothing_for_th
         stepper.append(asyncio.current_task())
         await original_step(self, batch)
 
-    def slow_step(self: Batch, every: int) -> None:
+    def slow_step(self: Batch) -> None:
         if len(stepper) == 1:  # the batch's first step, in which every row gets a draft
             loop.call_soon_threadsafe(in_step.set)
             time.sleep(0.3)  # the cancellation lands while the worker thread runs the step
-        original_batch_step(self, every)
+        original_batch_step(self)
 
     monkeypatch.setattr(Scheduler, "_step", traced_step)
     monkeypatch.setattr(Batch, "step", slow_step)
@@ -291,15 +291,15 @@ async def test_a_reader_never_sees_its_request_finished_before_its_last_events(
 ) -> None:
     """The worker thread writes a request's progress while the event loop reads it. A slow reader that looks just as
     its last canvas is being handled (by a step another request drives) still gets that canvas's event first."""
-    original_handle = RequestProgress.handle
+    original_commit = RequestProgress.commit
 
-    def slow_final_handle(self: RequestProgress, *args: Any, **kwargs: Any) -> Any:
-        events = original_handle(self, *args, **kwargs)
+    def slow_final_commit(self: RequestProgress, *args: Any, **kwargs: Any) -> Any:
+        events = original_commit(self, *args, **kwargs)
         if self.complete:
             time.sleep(0.3)  # the window between the progress being complete and its events being handed out
         return events
 
-    monkeypatch.setattr(RequestProgress, "handle", slow_final_handle)
+    monkeypatch.setattr(RequestProgress, "commit", slow_final_commit)
     never_settles = {"max_denoising_steps": 3, "t_max": 2.0}  # every row takes every step: one clock for both
     async with AsyncDiffusionGemma("torch:demo", backend_options={"max_batch": 2}) as client:
         backend = client.backend

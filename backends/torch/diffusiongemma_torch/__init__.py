@@ -31,4 +31,4 @@ def create_backend(target: str, options: BackendOptions) -> TorchBackend:
             raise ConfigurationError("This build of diffusiongemma-torch ships no demo model yet.")
         location = str(DEMO_DIR)
     checkpoint = load_checkpoint(location, device=torch_options.device, dtype=torch_options.dtype)
-    return TorchBackend(f"torch:{target}", checkpoint, ChatFormat(checkpoint.directory), torch_options)
+    return TorchBackend(f"torch:{target}", checkpoint, ChatFormat.from_directory(checkpoint.directory), torch_options)

@@ -18,11 +18,12 @@ import anyio
 import torch
 
 from diffusiongemma_sdk import StreamEvent
+from diffusiongemma_sdk._local.progress import RequestProgress
+from diffusiongemma_sdk._local.settings import SamplerSettings, canvases_for
 from diffusiongemma_torch._admission import batch_fits
 from diffusiongemma_torch._checkpoint import Checkpoint
-from diffusiongemma_torch._config import SamplerSettings, canvases_for
 from diffusiongemma_torch._engine import CanvasCommitted, DenoiseStep, generate_canvases
-from diffusiongemma_torch._progress import RequestProgress
+from diffusiongemma_torch._progress import row_events
 
 __all__ = ["Batch", "Job", "Scheduler"]
 
@@ -52,7 +53,7 @@ class Batch:
     ended: bool = False
     error: Exception | None = None
 
-    def step(self, every: int) -> None:
+    def step(self) -> None:
         """In the worker thread: the next engine report, handed to every job at once."""
         with self.stepping:
             try:
@@ -61,7 +62,7 @@ class Batch:
                 self.error, report = exc, None
             for row, job in enumerate(self.jobs):
                 if report is not None and not job.finished:
-                    job.pending.extend(job.progress.handle(report, row, every=every))
+                    job.pending.extend(row_events(job.progress, report, row))
                 # only now: the event loop may read `pending` and the progress while this thread writes them
                 job.finished = report is None or job.progress.complete
 
@@ -69,10 +70,9 @@ class Batch:
 class Scheduler:
     """The waiting requests and the running batch of one loaded checkpoint."""
 
-    def __init__(self, checkpoint: Checkpoint, *, max_batch: int, stream_every: int) -> None:
+    def __init__(self, checkpoint: Checkpoint, *, max_batch: int) -> None:
         self.checkpoint = checkpoint
         self.max_batch = max_batch
-        self.stream_every = stream_every
         self.engine = anyio.Lock()  # held while a batch starts or steps
         self.worker = anyio.CapacityLimiter(1)
         self.waiting: list[Job] = []
@@ -134,7 +134,7 @@ class Scheduler:
         return batch
 
     async def _step(self, batch: Batch) -> None:
-        await anyio.to_thread.run_sync(batch.step, self.stream_every, limiter=self.worker)
+        await anyio.to_thread.run_sync(batch.step, limiter=self.worker)
         self._release_if_done(batch)
 
     def _release_if_done(self, batch: Batch) -> None:
