@@ -22,7 +22,6 @@ from typer.testing import CliRunner
 
 from diffusiongemma_gguf import GGUFHeader, LlamaCppUnavailableError, create_backend
 from diffusiongemma_gguf import _layout as layout
-from diffusiongemma_gguf._convert import convert_checkpoint
 from diffusiongemma_gguf._support import LlamaCppSupport
 from diffusiongemma_gguf._torch_engine import text_config
 from diffusiongemma_gguf._vocab import tokenizer_from_vocab, vocab_from_tokenizer_json
@@ -30,8 +29,7 @@ from diffusiongemma_sdk import AsyncDiffusionGemma, BackendOptions, Configuratio
 from diffusiongemma_sdk._cli import app
 from diffusiongemma_torch._checkpoint import load_checkpoint
 from diffusiongemma_torch.demo import DEMO_DIR
-from tests.support.gguf_files import random_k_quant, rewrite_gguf
-from tests.support.tiny_checkpoint import TinySpec, build_tiny_checkpoint
+from tests.support.gguf_files import rewrite_gguf
 
 pytestmark = pytest.mark.anyio
 
@@ -46,13 +44,6 @@ TEXTS = [
     "ünïcödé — 日本語 🙂 <|tool_call>call:add{a:1,b:2}<tool_call|>",
     "",
 ]
-
-
-@pytest.fixture(scope="module")
-def demo_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The demo model converted at each --type."""
-    folder = tmp_path_factory.mktemp("gguf")
-    return {kind: convert_checkpoint("demo", folder / f"demo-{kind}.gguf", out_type=kind) for kind in ("f32", "q8_0")}
 
 
 def test_the_converter_writes_the_pr_layout(demo_files: dict[str, Path]) -> None:
@@ -192,27 +183,6 @@ async def test_the_torch_engine_dequantizes_q8_0(demo_files: dict[str, Path]) ->
     assert 0 < float((weight - original["layers.0.mlp.gate_proj.weight"]).abs().max()) < 0.01  # quantized, closely
     async with AsyncDiffusionGemma(backend) as client:
         assert (await client.generate(PROMPTS[1], seed=0)).text == "blue green red"
-
-
-K_SPEC = TinySpec(
-    vocab=1024, hidden=256, heads=4, kv_heads=2, head_dim=64, global_head_dim=128, global_kv_heads=1, tokenizer="demo"
-)  # every projection reads 256 or 512 values a row: whole K-quant blocks
-
-
-@pytest.fixture(scope="module")
-def k_quant_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny model whose projections are Q4_K and Q6_K (random valid blocks), the rest as converted to F32."""
-    folder = tmp_path_factory.mktemp("k-quants")
-    f32 = convert_checkpoint(str(build_tiny_checkpoint(folder / "tiny", K_SPEC)), folder / "f32.gguf", out_type="f32")
-    rng = np.random.default_rng(0)
-
-    def k_quant(name: str, data: np.ndarray, qtype: GGMLQuantizationType) -> tuple[np.ndarray, GGMLQuantizationType]:
-        if data.ndim != 2 or data.shape[-1] % 256 or name.startswith("token_embd"):
-            return data, qtype
-        kind = GGMLQuantizationType.Q6_K if "attn" in name else GGMLQuantizationType.Q4_K
-        return random_k_quant(data.shape[0], data.shape[1], kind, rng), kind
-
-    return rewrite_gguf(f32, folder / "k.gguf", tensor=k_quant)
 
 
 async def test_k_quants_dequantize_into_the_engine(k_quant_file: Path) -> None:

@@ -51,7 +51,8 @@ class LlamaCppModel:
         self.batch_size = max(canvas_length, prefill_chunk)
         self.context = context
         self._store_capacity = 0  # prompt positions the model's K/V store holds (it only ever grows)
-        self._request_capacity = 0
+        self._request_capacity = 0  # the running request's context
+        self._written = 0  # positions of the running request written into the store
         self._lib.llama_diffusion_set_phase(self._model, UNIFIED, 0, 0)
         # self-conditioning must be on before the context exists, so that its graph reserve includes it
         self._lib.llama_diffusion_set_sc(self._model, None, 0.0, 1.0, True)
@@ -111,27 +112,37 @@ class LlamaCppModel:
 
     # --- the network ----------------------------------------------------------------------------------------------
 
-    def prefill(self, tokens: list[int], start: int, capacity: int) -> None:
-        """Write `tokens` at positions `start`.. into the K/V store, causally (the encoder pass).
+    def prefill(self, tokens: list[int], start: int, capacity: int) -> np.ndarray:
+        """Write `tokens` at positions `start`.. into the K/V store, causally (the encoder pass); return the last
+        position's next-token logits (the sampler never needs them; they show the pass is the torch engine's).
 
         `capacity` is the request's whole context (prompt and every canvas it may commit). A request's first prefill
-        (`start` 0) sizes the store for it; later ones must name the same capacity, because a store that grows is
-        reallocated empty."""
+        (`start` 0) sizes the store for it; later ones continue where the last ended, with the same capacity (a
+        store that grows is reallocated empty)."""
+        if not tokens:
+            raise ValueError("a prefill needs at least one token")
         if start == 0:
+            self._check_context(0, len(tokens))
+            if len(tokens) > capacity:
+                raise RuntimeError(f"{len(tokens)} tokens do not fit a store of {capacity}")
             self._reserve_store(capacity)
-        elif capacity != self._request_capacity:
+        elif start != self._written or capacity != self._request_capacity:
             raise RuntimeError(
-                f"a prefill at {start} names capacity {capacity}; the request has {self._request_capacity}"
+                f"a prefill at {start} with capacity {capacity} does not continue the request's ({self._written} "
+                f"written of {self._request_capacity})"
             )
+        if start + len(tokens) > capacity:
+            raise RuntimeError(f"positions up to {start + len(tokens)} written into a store of {capacity}")
         for chunk_start in range(0, len(tokens), self.batch_size):
             chunk = tokens[chunk_start : chunk_start + self.batch_size]
             offset = start + chunk_start
             self._check_positions(len(chunk), offset)
-            if offset + len(chunk) > capacity:
-                raise RuntimeError(f"positions up to {offset + len(chunk)} written into a store of {capacity}")
             self._lib.llama_diffusion_set_phase(self._model, PREFILL, capacity, offset)
             self._decode(chunk, offset, outputs="last")
-        self._store_capacity = max(self._store_capacity, capacity)
+            self._store_capacity = max(self._store_capacity, capacity)
+            self._written = offset + len(chunk)
+        last = np.ctypeslib.as_array(self._api.llama_get_logits_ith(self._context, -1), shape=(self.vocab_size,))
+        return np.array(last, dtype=np.float32)
 
     def denoise(self, canvas: np.ndarray, prefix: int, previous: np.ndarray | None, temperature: float) -> np.ndarray:
         """The canvas's fp32 logits ([C, V], softcapped), bidirectional over the `prefix` stored positions and
@@ -141,8 +152,8 @@ class LlamaCppModel:
         if canvas.shape != (length,):
             raise ValueError(f"a canvas has {length} tokens, not {canvas.shape}")
         self._check_positions(length, prefix)
-        if not 0 < prefix <= self._store_capacity:
-            raise RuntimeError(f"a canvas after {prefix} positions; the prompt store holds {self._store_capacity}")
+        if not 0 < prefix <= self._written:
+            raise RuntimeError(f"a canvas after {prefix} positions; the store holds {self._written} written ones")
         if previous is None:
             self._self_conditioning.fill(0.0)  # read even when off: it must hold numbers, not garbage
             use = 0.0
@@ -171,7 +182,7 @@ class LlamaCppModel:
 
     def _reserve_store(self, capacity: int) -> None:
         """Start a request whose context is `capacity` positions: refuse it when its prompt store cannot fit."""
-        self._request_capacity = capacity
+        self._request_capacity, self._written = capacity, 0
         growth = (capacity - self._store_capacity) * self.store_bytes_per_token
         available = available_memory()
         if growth > 0 and available is not None and growth > available:
@@ -188,10 +199,13 @@ class LlamaCppModel:
             raise RuntimeError("the llama.cpp model is closed")
         if not 0 < count <= self.batch_size:
             raise RuntimeError(f"{count} tokens in one decode; llama.cpp takes 1 to {self.batch_size}")
-        if start < 0 or start + count > self.context:
+        self._check_context(start, start + count)
+
+    def _check_context(self, start: int, end: int) -> None:
+        if start < 0 or end > self.context:
             raise InvalidRequestError(
-                f"Positions {start} to {start + count} do not fit the context of {self.context} tokens; shorten the "
-                "prompt or lower max_tokens."
+                f"Positions {start} to {end} do not fit the context of {self.context} tokens; shorten the prompt or "
+                "lower max_tokens."
             )
 
     def _decode(self, tokens: list[int], start: int, *, outputs: str) -> None:
