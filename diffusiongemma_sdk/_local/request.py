@@ -16,7 +16,7 @@ from diffusiongemma_sdk._local.settings import GenerationDefaults, SamplerSettin
 from diffusiongemma_sdk._tools import Tool
 from diffusiongemma_sdk._types import Message
 
-__all__ = ["LocalChat", "PreparedRequest", "local_capabilities", "prepare_request"]
+__all__ = ["LOCAL_CAPABILITIES", "LocalChat", "PreparedRequest", "local_capabilities", "prepare_request"]
 
 
 class LocalChat(Detokenizer, Protocol):
@@ -29,22 +29,25 @@ class LocalChat(Detokenizer, Protocol):
     def token_id(self, text: str) -> int | None: ...
 
 
+LOCAL_CAPABILITIES = Capabilities(
+    per_request_diffusion=True,
+    denoise_stream=True,
+    tools=True,
+    images=False,  # vision weights are not loaded yet
+    thinking=True,
+    native_structured_output=False,
+    logprobs=False,
+    seed=True,
+    max_concurrency=1,
+)
+"""What the local engines (`torch:`, `gguf:`) honour, before a checkpoint's tokenizer or settings narrow it."""
+
+
 def local_capabilities(chat: LocalChat, *, max_concurrency: int) -> Capabilities:
-    """What a local engine honours. `tool_choice` is enforced through the tool-call marker (banned for "none",
-    written first for a forced call), so a tokenizer without it gets only "auto"."""
-    forms = ("auto", "none", "required", "named") if chat.token_id(TOOL_CALL_OPEN) is not None else ("auto",)
-    return Capabilities(
-        per_request_diffusion=True,
-        denoise_stream=True,
-        tools=True,
-        tool_choice=forms,
-        images=False,  # vision weights are not loaded yet
-        thinking=True,
-        native_structured_output=False,
-        logprobs=False,
-        seed=True,
-        max_concurrency=max_concurrency,
-    )
+    """`LOCAL_CAPABILITIES` for one checkpoint. `tool_choice` is enforced through the tool-call marker (banned for
+    "none", written first for a forced call), so a tokenizer without it gets only "auto"."""
+    forms = LOCAL_CAPABILITIES.tool_choice if chat.token_id(TOOL_CALL_OPEN) is not None else ("auto",)
+    return LOCAL_CAPABILITIES.model_copy(update={"tool_choice": forms, "max_concurrency": max_concurrency})
 
 
 @dataclass(frozen=True)

@@ -36,11 +36,18 @@ TORCH_ENGINE = "or run the GGUF on the torch engine instead: -o engine=torch (pi
 
 @dataclass(frozen=True)
 class LlamaCppSupport:
-    """What the probe found: `ready`, what is installed or missing, and the command that fixes it."""
+    """What the probe found: `ready`, what is installed or missing, the command that fixes it, and whether the
+    answer is `known` (False when the library could not be inspected)."""
 
     ready: bool
     detail: str
     fix: str | None = None
+    known: bool = True
+
+    @property
+    def remedy(self) -> str:
+        """What to do: the fix, or the torch engine instead (what the typed error and `doctor` both say)."""
+        return f"{self.fix}; {TORCH_ENGINE}"
 
 
 class LlamaCppUnavailableError(ConfigurationError):
@@ -50,7 +57,7 @@ class LlamaCppUnavailableError(ConfigurationError):
         self.support = support
         super().__init__(
             f"The gguf: backend's llama.cpp engine needs llama-cpp-python built with llama.cpp PR #24423 "
-            f"(DiffusionGemma): {support.detail}. Fix: {support.fix}; {TORCH_ENGINE}."
+            f"(DiffusionGemma): {support.detail}. Fix: {support.remedy}."
         )
 
 
@@ -61,11 +68,15 @@ def llama_cpp_support() -> LlamaCppSupport:
     except ImportError:
         return LlamaCppSupport(False, "llama-cpp-python is not installed", BUILD_COMMAND)
     except Exception as error:  # installed, but its shared library does not load
-        return LlamaCppSupport(False, f"llama-cpp-python is installed but fails to load: {error}", BUILD_COMMAND)
+        return LlamaCppSupport(
+            False, f"llama-cpp-python is installed but fails to load: {error}", BUILD_COMMAND, known=False
+        )
     package = f"llama-cpp-python {getattr(llama_cpp, '__version__', '(version unknown)')}"
     library = library_of(llama_cpp)
     if library is None:
-        return LlamaCppSupport(False, f"{package}: its shared library cannot be inspected", BUILD_COMMAND)
+        return LlamaCppSupport(
+            False, f"{package}: cannot tell whether its llama.cpp has DiffusionGemma", BUILD_COMMAND, known=False
+        )
     missing = [name for name in PR_FUNCTIONS if not hasattr(library, name)]
     if missing:
         return LlamaCppSupport(
