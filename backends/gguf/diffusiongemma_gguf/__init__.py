@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from diffusiongemma_gguf._header import GGUFHeader
 from diffusiongemma_gguf._options import GGUFOptions
 from diffusiongemma_gguf._support import LlamaCppSupport, LlamaCppUnavailableError, llama_cpp_support
 from diffusiongemma_sdk import Backend, BackendOptions, ConfigurationError
-from diffusiongemma_sdk._errors import describe_validation_error
+from diffusiongemma_sdk._local.backend import engine_options
 
 __all__ = [
     "GGUFHeader",
@@ -29,13 +27,7 @@ __all__ = [
 
 def create_backend(target: str, options: BackendOptions) -> Backend:
     """Entry point of the `gguf:` scheme: read the file's header and load it now, so that problems show at once."""
-    try:
-        gguf_options = GGUFOptions.model_validate(options.extra)
-    except ValidationError as exc:
-        raise ConfigurationError(
-            f"Invalid backend_options for gguf: ({describe_validation_error(exc)}). "
-            f"Known options: {', '.join(GGUFOptions.model_fields)}."
-        ) from None
+    gguf_options = engine_options(GGUFOptions, options, "gguf")
     if not target:
         raise ConfigurationError("gguf: needs a file: gguf:<file.gguf> or gguf:demo.")
     name = f"gguf:{target}"

@@ -5,8 +5,7 @@ lands between two denoising steps."""
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator
 
 import anyio
 
@@ -14,15 +13,8 @@ from diffusiongemma_gguf._header import GGUFHeader
 from diffusiongemma_gguf._llama import LlamaCppModel
 from diffusiongemma_gguf._loop import CanvasDone, StepDone, StepSampler, generate_canvases
 from diffusiongemma_gguf._options import GGUFOptions
-from diffusiongemma_sdk import (
-    Backend,
-    Capabilities,
-    DoneEvent,
-    Generation,
-    GenerationRequest,
-    InvalidRequestError,
-    StreamEvent,
-)
+from diffusiongemma_sdk import GenerationRequest, InvalidRequestError, StreamEvent
+from diffusiongemma_sdk._local.backend import LocalBackend
 from diffusiongemma_sdk._local.chat import ChatTemplate
 from diffusiongemma_sdk._local.progress import RequestProgress
 from diffusiongemma_sdk._local.request import PreparedRequest, local_capabilities, prepare_request
@@ -48,7 +40,7 @@ class LlamaCppChat(ChatTemplate):
         return self._model.token_id(text)
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppBackend(LocalBackend):
     """Runs a DiffusionGemma GGUF in llama.cpp (PR #24423) with the reference sampler on its logits."""
 
     def __init__(self, name: str, header: GGUFHeader, model: LlamaCppModel, options: GGUFOptions) -> None:
@@ -63,22 +55,6 @@ class LlamaCppBackend(Backend):
         )
         self._engine = anyio.Lock()  # the model's phase and self-conditioning input are global: one request at once
         self._worker = anyio.CapacityLimiter(1)
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self._capabilities
-
-    async def generate(self, request: GenerationRequest) -> Generation:
-        async with aclosing(self._events(request.model_copy(update={"drafts": False}))) as events:
-            async for event in events:
-                if isinstance(event, DoneEvent):
-                    return event.generation
-        raise RuntimeError("the engine ended without a result")  # pragma: no cover
-
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
-        async with aclosing(self._events(request)) as events:
-            async for event in events:
-                yield event
 
     async def aclose(self) -> None:
         async with self._engine:

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator
 from typing import Literal
 
 import anyio
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from diffusiongemma_sdk import (
-    Backend,
-    Capabilities,
-    DoneEvent,
-    Generation,
-    GenerationRequest,
-    StreamEvent,
-)
+from diffusiongemma_sdk import GenerationRequest, StreamEvent
+from diffusiongemma_sdk._local.backend import LocalBackend
 from diffusiongemma_sdk._local.request import local_capabilities, prepare_request
 from diffusiongemma_torch._admission import check_request_memory
 from diffusiongemma_torch._chat import ChatFormat
@@ -48,7 +41,7 @@ class TorchOptions(BaseModel):
     )
 
 
-class TorchBackend(Backend):
+class TorchBackend(LocalBackend):
     """Runs DiffusionGemma in this process, in a worker thread; requests are batched by the `Scheduler`.
 
     `tool_choice` is enforced on the canvas: "none" bans the tool-call token, so no call can be sampled or committed;
@@ -64,22 +57,6 @@ class TorchBackend(Backend):
         self.options = options
         self._capabilities = local_capabilities(chat, max_concurrency=options.max_batch)
         self._scheduler = Scheduler(checkpoint, max_batch=options.max_batch)
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self._capabilities
-
-    async def generate(self, request: GenerationRequest) -> Generation:
-        async with aclosing(self._events(request.model_copy(update={"drafts": False}))) as events:
-            async for event in events:
-                if isinstance(event, DoneEvent):
-                    return event.generation
-        raise RuntimeError("the engine ended without a result")  # pragma: no cover
-
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
-        async with aclosing(self._events(request)) as events:
-            async for event in events:
-                yield event
 
     async def aclose(self) -> None:
         if self.checkpoint.net.embed_tokens.weight.is_cuda:
