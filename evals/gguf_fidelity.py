@@ -7,8 +7,8 @@
    a step after a committed canvas; the largest difference relative to the torch engine's largest logit, and how
    often the argmax agrees, over the prompts of every demo task.
 2. Answers: held-out prompts of evals/demo_tasks.py (its seed), one generation each at the same seed on `gguf:demo`
-   (llama.cpp, with torch's sampler: the same random numbers as `torch:demo`) and on `torch:demo`; the share of
-   answers that are equal (text and tool calls), and each side's exact-match accuracy.
+   (llama.cpp, `sampling="torch"`: the torch engine's sampler, so the same random numbers as `torch:demo`) and on
+   `torch:demo`; the share of answers that are equal (text and tool calls), and each side's exact-match accuracy.
 
 Needs a DiffusionGemma-enabled llama-cpp-python (`diffusiongemma build-llama-cpp`) and diffusiongemma-torch.
 """
@@ -70,7 +70,11 @@ async def answers_table(path: Path, prompts: int) -> None:
     print("| task | prompts | equal answers | gguf:demo exact match | torch:demo exact match |")
     print("|---|---|---|---|---|")
     totals = [0, 0]
-    async with AsyncDiffusionGemma(f"gguf:{path}") as gguf, AsyncDiffusionGemma("torch:demo") as torch_demo:
+    same_sampler = {"sampling": "torch"}  # the torch engine's sampler and random streams
+    async with (
+        AsyncDiffusionGemma(f"gguf:{path}", backend_options=same_sampler) as gguf,
+        AsyncDiffusionGemma("torch:demo") as torch_demo,
+    ):
         for name, make in TASKS.items():
             rng = random.Random(f"{EVAL_SEED}-{name}")
             equal = right = right_torch = 0

@@ -4,6 +4,7 @@ converter or by `gguf` (tests/support/gguf_files.py); llama.cpp's own tests are 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("gguf")
-pytest.importorskip("torch")
 
 from gguf import GGMLQuantizationType, GGUFReader, quants
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -22,12 +23,15 @@ from typer.testing import CliRunner
 
 from diffusiongemma_gguf import GGUFHeader, LlamaCppUnavailableError, create_backend
 from diffusiongemma_gguf import _layout as layout
+from diffusiongemma_gguf._numpy_sampler import NumpyStepSampler
 from diffusiongemma_gguf._support import LlamaCppSupport
 from diffusiongemma_gguf._torch_engine import text_config
 from diffusiongemma_gguf._vocab import tokenizer_from_vocab, vocab_from_tokenizer_json
 from diffusiongemma_sdk import AsyncDiffusionGemma, BackendOptions, ConfigurationError
 from diffusiongemma_sdk._cli import app
+from diffusiongemma_sdk._local.settings import SamplerSettings
 from diffusiongemma_torch._checkpoint import load_checkpoint
+from diffusiongemma_torch._sampler import LinearTemperatureSchedule, entropy_bound_acceptance, token_distribution
 from diffusiongemma_torch.demo import DEMO_DIR
 from tests.support.gguf_files import rewrite_gguf
 
@@ -200,6 +204,45 @@ async def test_k_quants_dequantize_into_the_engine(k_quant_file: Path) -> None:
     async with AsyncDiffusionGemma(backend) as client:
         generation = await client.generate(PROMPTS[0], seed=0, max_tokens=16)
         assert generation.usage.completion_tokens
+
+
+def test_the_numpy_sampler_is_the_reference_samplers_maths() -> None:
+    """Against the torch engine's own pieces on the same logits: the same argmax and acceptance, the same entropies;
+    and its two-level draw (a 512-token block by its mass, then a token in it) follows softmax(logits / t)."""
+    vocab, length = 1000, 8
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 2, (length, vocab)).astype(np.float32)
+    logits[0, 7] += 25  # one confident position, always accepted
+    settings = SamplerSettings(
+        max_denoising_steps=10, entropy_bound=2.0, t_min=0.4, t_max=0.8, confidence_threshold=0.005,
+        stability_threshold=1,
+    )  # fmt: skip
+    sampler = NumpyStepSampler(settings, length=length, vocab=vocab, seed=0)
+    sampler.start_canvas()
+    outcome = sampler.step(logits, 10)
+    temperature = LinearTemperatureSchedule(0.4, 0.8, 10).at(10, torch.device("cpu"))
+    assert outcome.temperature == pytest.approx(float(temperature))
+    scaled = torch.from_numpy(logits)[None] / temperature
+    _, entropy = token_distribution(scaled, reference=False)
+    accepted = entropy_bound_acceptance(entropy, settings.entropy_bound)
+    assert np.array_equal(outcome.argmax, scaled.argmax(-1)[0].numpy())
+    assert outcome.accepted_fraction == float(accepted.float().mean())
+    assert outcome.mean_entropy == pytest.approx(float(entropy.mean()), rel=1e-5)
+    sampler.close()
+    # every position accepted, many steps: the draws' frequencies against the distribution
+    spread = np.full(vocab, -30.0, dtype=np.float32)
+    spread[[3, 100, 511, 512, 513, 700, 999]] = [0.5, 1.0, 0.0, 1.5, -0.5, 0.8, 0.2]  # both sides of a block edge
+    everything = dataclasses.replace(settings, entropy_bound=1e9, max_denoising_steps=2**20)
+    sampler = NumpyStepSampler(everything, length=length, vocab=vocab, seed=3)
+    sampler.start_canvas()
+    draws = np.concatenate([sampler.step(np.tile(spread, (length, 1)), 2**20).canvas for _ in range(800)])
+    sampler.close()
+    expected = torch.softmax(torch.from_numpy(spread) / 0.8, dim=-1).numpy()
+    support = expected > 1e-6
+    observed = np.bincount(draws, minlength=vocab)
+    assert observed[~support].sum() == 0
+    chi_square = (((observed - len(draws) * expected)[support]) ** 2 / (len(draws) * expected[support])).sum()
+    assert chi_square < 22.5  # 6 degrees of freedom, p = 0.001
 
 
 def test_options_are_checked_against_the_engine(demo_files: dict[str, Path]) -> None:

@@ -81,9 +81,9 @@ def test_prefill_denoise_and_commit_logits_are_the_torch_engines(demo_files: dic
 
 
 async def test_answers_are_torch_demos_seed_for_seed(demo_files: dict[str, Path]) -> None:
-    """With torch installed, the sampler is the torch engine's, drawing the same random numbers."""
+    """With sampling='torch' the sampler is the torch engine's, drawing the same random numbers."""
     async with (
-        AsyncDiffusionGemma(f"gguf:{demo_files['f32']}") as on_llama,
+        AsyncDiffusionGemma(f"gguf:{demo_files['f32']}", backend_options={"sampling": "torch"}) as on_llama,
         AsyncDiffusionGemma("torch:demo") as on_torch,
     ):
         for seed, prompt in enumerate(PROMPTS * 2):
@@ -97,12 +97,12 @@ async def test_answers_are_torch_demos_seed_for_seed(demo_files: dict[str, Path]
         assert ours.text == (await on_torch.generate(PROMPTS[0], seed=4, diffusion=reference)).text
 
 
-async def test_numpy_sampling_without_torch(demo_files: dict[str, Path]) -> None:
-    async with AsyncDiffusionGemma(f"gguf:{demo_files['f32']}", backend_options={"sampling": "numpy"}) as client:
+async def test_the_default_numpy_sampler_answers(demo_files: dict[str, Path]) -> None:
+    async with AsyncDiffusionGemma(f"gguf:{demo_files['f32']}") as client:
         assert (await client.generate(PROMPTS[1], seed=0)).text == "blue green red"
         first = await client.generate(PROMPTS[0], seed=9)
         assert (await client.generate(PROMPTS[0], seed=9)).text == first.text
-        with pytest.raises(InvalidRequestError, match="takes torch"):
+        with pytest.raises(InvalidRequestError, match="takes the torch sampler"):
             await client.generate(PROMPTS[0], diffusion={"sampler": "reference"})
 
 

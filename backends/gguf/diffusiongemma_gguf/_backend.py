@@ -13,7 +13,7 @@ from diffusiongemma_gguf._header import GGUFHeader
 from diffusiongemma_gguf._llama import LlamaCppModel
 from diffusiongemma_gguf._loop import CanvasDone, StepDone, StepSampler, generate_canvases
 from diffusiongemma_gguf._options import GGUFOptions
-from diffusiongemma_sdk import GenerationRequest, InvalidRequestError, StreamEvent
+from diffusiongemma_sdk import ConfigurationError, GenerationRequest, InvalidRequestError, StreamEvent
 from diffusiongemma_sdk._local.backend import LocalBackend
 from diffusiongemma_sdk._local.chat import ChatTemplate
 from diffusiongemma_sdk._local.progress import RequestProgress
@@ -50,9 +50,9 @@ class LlamaCppBackend(LocalBackend):
         self.options = options
         self.chat = LlamaCppChat(header, model)
         self._capabilities = local_capabilities(self.chat, max_concurrency=1)
-        self._torch_sampling = options.sampling == "torch" or (
-            options.sampling == "auto" and importlib.util.find_spec("diffusiongemma_torch") is not None
-        )
+        self._torch_sampling = options.sampling == "torch"
+        if self._torch_sampling and importlib.util.find_spec("diffusiongemma_torch") is None:
+            raise ConfigurationError("sampling='torch' is the torch engine's sampler: pip install diffusiongemma-torch")
         self._engine = anyio.Lock()  # the model's phase and self-conditioning input are global: one request at once
         self._worker = anyio.CapacityLimiter(1)
 
@@ -99,8 +99,8 @@ class LlamaCppBackend(LocalBackend):
         )
         if prepared.settings.reference and not self._torch_sampling:
             raise InvalidRequestError(
-                "sampler='reference' draws transformers' random numbers, which takes torch: pip install "
-                "diffusiongemma-torch (or leave the sampler at 'default')."
+                "sampler='reference' draws transformers' random numbers, which takes the torch sampler: "
+                "backend_options sampling='torch' (with diffusiongemma-torch), or leave the sampler at 'default'."
             )
         return prepared
 

@@ -36,8 +36,7 @@ class LlamaCppModel:
         bindings: Any = importlib.import_module("llama_cpp")  # by name: type checks do not follow into it
         self._api = bindings
         self._lib = _bind(library_of(bindings))
-        self._log_sink = bindings.llama_log_callback(lambda level, text, data: None)  # kept: llama.cpp calls it
-        bindings.llama_log_set(self._log_sink, None)
+        _silence(bindings)
         bindings.llama_backend_init()
         model_params = bindings.llama_model_default_params()
         model_params.n_gpu_layers = 0
@@ -71,7 +70,7 @@ class LlamaCppModel:
         self.vocab_size = int(bindings.llama_vocab_n_tokens(self._vocab))
         self.store_bytes_per_token = int(self._lib.llama_diffusion_pkv_bytes_per_token(self._model, False))
         self._batch = bindings.llama_batch_init(self.batch_size, 0, 1)
-        self._self_conditioning = np.zeros((canvas_length, self.vocab_size), dtype=np.float32)
+        self._no_self_conditioning = np.zeros((canvas_length, self.vocab_size), dtype=np.float32)
 
     # --- text ---------------------------------------------------------------------------------------------------
 
@@ -154,13 +153,13 @@ class LlamaCppModel:
         self._check_positions(length, prefix)
         if not 0 < prefix <= self._written:
             raise RuntimeError(f"a canvas after {prefix} positions; the store holds {self._written} written ones")
-        if previous is None:
-            self._self_conditioning.fill(0.0)  # read even when off: it must hold numbers, not garbage
-            use = 0.0
+        if previous is None:  # off, but read all the same: it must hold numbers, not garbage
+            source, use = self._no_self_conditioning, 0.0
         else:
-            np.copyto(self._self_conditioning, previous)
-            use = 1.0
-        pointer = self._self_conditioning.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            source, use = np.ascontiguousarray(previous, dtype=np.float32), 1.0  # read in place, not copied
+            if source.shape != (length, self.vocab_size):
+                raise ValueError(f"self-conditioning logits are [{length}, {self.vocab_size}], not {source.shape}")
+        pointer = source.ctypes.data_as(ctypes.POINTER(ctypes.c_float))  # `source` outlives the decode below
         self._lib.llama_diffusion_set_sc(self._model, pointer, use, 1.0 / temperature, True)
         self._lib.llama_diffusion_set_phase(self._model, DECODE, prefix, 0)
         self._decode(canvas.tolist(), prefix, outputs="all")
@@ -222,6 +221,16 @@ class LlamaCppModel:
         status = self._api.llama_decode(self._context, batch)
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")
+
+
+_SILENT: list[Any] = []  # the log callback llama.cpp holds: alive as long as the process
+
+
+def _silence(bindings: Any) -> None:
+    """Send llama.cpp's log lines nowhere (once per process; the callback must outlive every model)."""
+    if not _SILENT:
+        _SILENT.append(bindings.llama_log_callback(lambda level, text, data: None))
+        bindings.llama_log_set(_SILENT[0], None)
 
 
 def _bind(library: Any) -> Any:

@@ -25,10 +25,11 @@ class GGUFOptions(BaseModel):
     threads: int | None = Field(default=None, ge=1, description="llama.cpp: CPU threads; default: every core.")
     context: int | None = Field(default=None, ge=1, description="llama.cpp: context tokens; default: the model's.")
     prefill_chunk: int = Field(default=512, ge=1, description="llama.cpp: prompt tokens encoded per pass.")
-    sampling: Literal["auto", "torch", "numpy"] = Field(
-        default="auto",
-        description="llama.cpp: the sampler's arithmetic; auto: torch's (the torch engine's own pieces and random "
-        "streams) when diffusiongemma-torch is installed, else numpy's.",
+    sampling: Literal["numpy", "torch"] = Field(
+        default="numpy",
+        description="llama.cpp: the sampler's arithmetic: numpy's (fast at any vocabulary), or torch's (the torch "
+        "engine's own pieces and random streams, so a seed gives torch:'s tokens; needs diffusiongemma-torch, and "
+        "its per-position draws grow with the vocabulary).",
     )
     device: str | None = Field(default=None, description="torch: 'cuda', 'cpu', ...; default: CUDA when present.")
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(default=None, description="torch: weights dtype.")
