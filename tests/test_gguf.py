@@ -8,6 +8,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import tarfile
 import textwrap
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from typer.testing import CliRunner
 
 from diffusiongemma_gguf import GGUFHeader, LlamaCppUnavailableError, create_backend
+from diffusiongemma_gguf import _build as build
 from diffusiongemma_gguf import _layout as layout
 from diffusiongemma_gguf._numpy_sampler import NumpyStepSampler
 from diffusiongemma_gguf._support import LlamaCppSupport
@@ -308,3 +310,37 @@ def test_convert_gguf_on_the_command_line(tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, ["convert-gguf", str(tmp_path / "nowhere"), str(out)])
     assert bad.exit_code == 1
     assert "No checkpoint folder" in bad.stderr
+
+
+def llama_tree(root: Path, *, with_pr: bool) -> Path:
+    """A folder shaped like a llama.cpp tree: its llama.h declares the PR's functions or not."""
+    (root / "include").mkdir(parents=True)
+    declaration = "LLAMA_API void llama_diffusion_set_phase(struct llama_model * model, int phase);" if with_pr else ""
+    (root / "include" / "llama.h").write_text(f"#pragma once\n{declaration}\n")
+    (root / "src").mkdir()
+    (root / "src" / "llama.cpp").write_text("int x;\n")
+    return root
+
+
+def test_the_build_takes_only_a_tree_with_the_pr_and_keys_it_by_content(tmp_path: Path) -> None:
+    stock = llama_tree(tmp_path / "stock", with_pr=False)
+    with pytest.raises(ConfigurationError, match="without PR #24423"):
+        build.Tree(stock)
+    result = CliRunner().invoke(app, ["build-llama-cpp", str(stock)])
+    assert result.exit_code == 1
+    assert "without PR #24423" in result.stderr
+    tree = llama_tree(tmp_path / "pr", with_pr=True)
+    digest = build.Tree(tree).digest()
+    (tree / ".git").mkdir()
+    (tree / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    assert build.Tree(tree).digest() == digest  # git's own files are not sources
+    (tree / "src" / "llama.cpp").write_text("int y;\n")
+    assert build.Tree(tree).digest() != digest
+    archive = tmp_path / "pr.tar.gz"
+    with tarfile.open(archive, "w:gz") as packed:
+        packed.add(tree, arcname="llama.cpp")
+    copied = tmp_path / "copy"
+    build.Tree(archive).copy_to(copied)
+    assert (copied / "src" / "llama.cpp").read_text() == "int y;\n"
+    with pytest.raises(ConfigurationError, match=r"neither a llama\.cpp folder nor a tarball"):
+        build.Tree(tmp_path / "nowhere")

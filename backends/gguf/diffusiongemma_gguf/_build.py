@@ -25,7 +25,7 @@ from diffusiongemma_gguf._demo import cache_dir
 from diffusiongemma_gguf._support import PR_FUNCTIONS
 from diffusiongemma_sdk import ConfigurationError
 
-__all__ = ["BINDINGS_VERSION", "DEFAULT_CMAKE_ARGS", "BuildResult", "build_llama_cpp"]
+__all__ = ["BINDINGS_VERSION", "DEFAULT_CMAKE_ARGS", "BuildResult", "Tree", "build_llama_cpp"]
 
 BINDINGS_VERSION = "0.3.33"
 DEFAULT_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
@@ -51,7 +51,7 @@ def build_llama_cpp(
     say: Callable[[str], None] = print,
 ) -> BuildResult:
     """Build (or find in the cache) and install a DiffusionGemma-enabled llama-cpp-python from `source`."""
-    tree = _Tree(source.expanduser())
+    tree = Tree(source.expanduser())
     key = hashlib.sha256(
         "\n".join(
             [tree.digest(), BINDINGS_VERSION, cmake_args, platform.machine(), sys.implementation.cache_tag or ""]
@@ -77,7 +77,7 @@ def build_llama_cpp(
     return BuildResult(wheel=found[-1], built=built)
 
 
-class _Tree:
+class Tree:
     """A llama.cpp source tree: a directory, or a .tar.gz of one (one top folder)."""
 
     def __init__(self, source: Path) -> None:
@@ -135,7 +135,7 @@ class _Tree:
         return ""
 
 
-def _build_wheel(tree: _Tree, wheels: Path, cmake_args: str, jobs: int) -> None:
+def _build_wheel(tree: Tree, wheels: Path, cmake_args: str, jobs: int) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         sdist = _sdist(work)
