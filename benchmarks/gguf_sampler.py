@@ -8,13 +8,14 @@ without torch) and with torch (the torch engine's own sampler pieces), against o
 llama.cpp (PR #24423) on the smallest real-vocabulary network this repository builds: the mid-size config of
 benchmarks/engine_vs_transformers.py (hidden 512, 4 layers, 16 experts top-4, canvas 256) with a 262,144-token
 vocabulary, F16, self-conditioning on. A real model's step costs far more (26B-A4B: about 2.3 TFLOP), so this
-ratio is the sampler's worst case. Prints the median of `--steps` steps of each and the ratio.
+ratio is the sampler's worst case. Two kinds of step: uncertain logits (the entropy bound accepts one position) and
+confident ones (every position accepted, each sampled). Prints the median of `--steps` steps of each (the torch
+sampler's confident step, which is slow, once) and the ratio.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -26,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support, run as a script
 
-from diffusiongemma_gguf import GGUFHeader
+from diffusiongemma_gguf import GGUFHeader, default_threads
 from diffusiongemma_gguf._convert import convert_checkpoint
 from diffusiongemma_gguf._llama import LlamaCppModel
 from diffusiongemma_gguf._numpy_sampler import NumpyStepSampler
@@ -55,14 +56,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    logits = (np.tanh(rng.normal(0, 0.1, (args.canvas, args.vocab))) * 30).astype(np.float32)  # softcapped
+    uncertain = (np.tanh(rng.normal(0, 0.1, (args.canvas, args.vocab))) * 30).astype(np.float32)  # softcapped
+    confident = uncertain.copy()
+    confident[np.arange(args.canvas), rng.integers(0, args.vocab, args.canvas)] = 30.0
     rows = []
     for name, make in (("numpy (chunked)", NumpyStepSampler), ("torch", TorchStepSampler)):
-        sampler = make(SETTINGS, length=args.canvas, vocab=args.vocab, seed=0)
-        sampler.start_canvas()
-        seconds = median_seconds(lambda step, sampler=sampler: sampler.step(logits, 48 - step), args.steps)
-        rows.append((f"sampling, {name}", seconds))
-        sampler.close()
+        for kind, logits in (("1 position accepted", uncertain), ("all 256 accepted", confident)):
+            sampler = make(SETTINGS, length=args.canvas, vocab=args.vocab, seed=0)
+            sampler.start_canvas()
+            steps = args.steps if kind.startswith("1") or name.startswith("numpy") else 1
+            seconds = median_seconds(lambda step, s=sampler, x=logits: s.step(x, 48 - step), steps)
+            rows.append((f"sampling, {name}, {kind}", seconds))
+            sampler.close()
     with tempfile.TemporaryDirectory() as scratch:
         spec = TinySpec(
             vocab=args.vocab, hidden=512, layers=("sliding_attention",) * 3 + ("full_attention",), sliding_window=512,
@@ -73,7 +78,7 @@ def main() -> None:
         path = convert_checkpoint(str(checkpoint), Path(scratch) / "mid.gguf", out_type="f16")
         header = GGUFHeader.read(path)
         model = LlamaCppModel(
-            path, canvas_length=args.canvas, context=4096, threads=os.cpu_count() or 1, prefill_chunk=512
+            path, canvas_length=args.canvas, context=4096, threads=default_threads(), prefill_chunk=512
         )
         prompt = list(range(2, 66))
         model.prefill(prompt, 0, len(prompt) + args.canvas)
@@ -88,9 +93,9 @@ def main() -> None:
         model.close()
     forward = rows[-1][1]
     print(f"one denoising step at {args.canvas} x {args.vocab:,}, median of {args.steps} (seconds)")
-    print(f"{'':48}{'s/step':>9}{'x forward':>11}")
+    print(f"{'':52}{'s/step':>9}{'x forward':>11}")
     for name, seconds in rows:
-        print(f"{name:48}{seconds:9.3f}{seconds / forward:10.2f}x")
+        print(f"{name:52}{seconds:9.3f}{seconds / forward:10.2f}x")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,6 @@ class ChatTemplate:
         environment.filters["tojson"] = _tojson
         environment.globals["raise_exception"] = _raise
         environment.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-        self.source = template
         self._template = environment.from_string(template)
         self.special_tokens = {"bos_token": "<bos>", **special_tokens}
 

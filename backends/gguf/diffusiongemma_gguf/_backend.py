@@ -51,8 +51,14 @@ class LlamaCppBackend(LocalBackend):
         self.chat = LlamaCppChat(header, model)
         self._capabilities = local_capabilities(self.chat, max_concurrency=1)
         self._torch_sampling = options.sampling == "torch"
-        if self._torch_sampling and importlib.util.find_spec("diffusiongemma_torch") is None:
-            raise ConfigurationError("sampling='torch' is the torch engine's sampler: pip install diffusiongemma-torch")
+        if self._torch_sampling:
+            if importlib.util.find_spec("diffusiongemma_torch") is None:
+                raise ConfigurationError(
+                    "sampling='torch' is the torch engine's sampler: pip install diffusiongemma-torch"
+                )
+            from diffusiongemma_torch._checkpoint import start_intra_op_threads
+
+            start_intra_op_threads()
         self._engine = anyio.Lock()  # the model's phase and self-conditioning input are global: one request at once
         self._worker = anyio.CapacityLimiter(1)
 

@@ -46,6 +46,9 @@ class LlamaCppModel:
                 f"llama.cpp could not load {path.name} (a DiffusionGemma GGUF it cannot read: written by another "
                 "converter version, or truncated). Re-convert it: diffusiongemma convert-gguf <checkpoint> <out.gguf>"
             )
+        if not bindings.llama_model_is_diffusion(self._model):  # the architecture as llama.cpp itself sees it
+            bindings.llama_model_free(self._model)
+            raise ConfigurationError(f"llama.cpp loaded {path.name}, but not as a diffusion model.")
         self.canvas_length = canvas_length
         self.batch_size = max(canvas_length, prefill_chunk)
         self.context = context

@@ -22,7 +22,7 @@ class GGUFOptions(BaseModel):
     engine: Literal["llama.cpp", "torch"] = Field(default="llama.cpp", description="What runs the file.")
     stream_every: int = Field(default=1, ge=1, description="Emit a denoise_step event every k steps.")
     default_max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1, description="When a request sets none.")
-    threads: int | None = Field(default=None, ge=1, description="llama.cpp: CPU threads; default: every core.")
+    threads: int | None = Field(default=None, ge=1, description="llama.cpp: CPU threads; default: half the cores.")
     context: int | None = Field(default=None, ge=1, description="llama.cpp: context tokens; default: the model's.")
     prefill_chunk: int = Field(default=512, ge=1, description="llama.cpp: prompt tokens encoded per pass.")
     sampling: Literal["numpy", "torch"] = Field(

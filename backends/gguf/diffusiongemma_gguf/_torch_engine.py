@@ -32,7 +32,7 @@ def torch_backend(name: str, header: GGUFHeader, options: TorchOptions) -> Torch
     device, dtype = default_device_and_dtype(options.device, options.dtype)
     parameters = sum(math.prod(int(n) for n in tensor.shape) for tensor in header.reader.tensors)
     check_load_memory(header.path, parameters, config, device, dtype)
-    state = {name: torch.from_numpy(array).to(device=device, dtype=dtype) for name, array in _weights(header).items()}
+    state = {name: torch.tensor(array, device=device, dtype=dtype) for name, array in _weights(header).items()}
     net = assemble_net(config, state, source=str(header.path))
     checkpoint = Checkpoint(directory=header.path, net=net, config=config, defaults=header.defaults)
     unk = header.metadata.get("tokenizer.ggml.unknown_token_id")
@@ -128,7 +128,7 @@ def _dequantize(header: GGUFHeader, tensor: ReaderTensor) -> np.ndarray:
         raise ConfigurationError(
             f"{header.path.name}: gguf {_gguf_version()} cannot dequantize {tensor.tensor_type.name} ({tensor.name})."
         ) from None
-    return np.array(values.reshape(shape), dtype=np.float32)  # a writable copy, not a view of the mapped file
+    return np.asarray(values.reshape(shape), dtype=np.float32)
 
 
 def _gguf_version() -> str:

@@ -26,6 +26,7 @@ __all__ = [
     "default_device_and_dtype",
     "load_checkpoint",
     "resolve_checkpoint_dir",
+    "start_intra_op_threads",
     "text_parameters",
     "text_tensors",
 ]
@@ -126,10 +127,18 @@ def assemble_net(config: TextConfig, state: dict[str, torch.Tensor], *, source: 
     if missing:
         raise ConfigurationError(f"{source} lacks weights the engine needs: {sorted(missing)[:5]}")
     net.load_state_dict(state, strict=True, assign=True)
+    start_intra_op_threads()
     device = net.embed_tokens.weight.device
     for layer_type in set(config.layer_types):  # non-persistent buffers stay on meta after assign
         net.register_buffer(f"{layer_type}_inv_freq", config.rope_inv_freq(layer_type).to(device), persistent=False)
     return net.eval()
+
+
+def start_intra_op_threads() -> None:
+    """Run one parallel torch operation on this (the loading) thread. A process whose first parallel torch operation
+    ran in the engine's worker thread generated up to 10 times slower on CPU (torch 2.13, the demo model; a checkpoint
+    stored in bf16 escaped it, its conversion to fp32 being such an operation)."""
+    torch.ones(1 << 20).sum()
 
 
 def _local_name(name: str) -> str | None:
