@@ -3,8 +3,8 @@
 1. temperature, 2. forward (self-conditioned on the last step's logits), 3. accept, 4. renoise, 5. stop; and once
 the canvas has converged (or its steps run out), 6. commit its argmax: the encoder writes it into the store.
 
-Steps 1 and 3 to 5 are a `StepSampler`'s: torch's (the torch engine's own sampler pieces and random streams) when
-torch is installed, else numpy's. `generate_canvases` yields a report per step and per committed canvas, so a
+Steps 1 and 3 to 5 are a `StepSampler`'s: numpy's by default, or torch's (the torch engine's own sampler pieces
+and random streams). `generate_canvases` yields a report per step and per committed canvas, so a
 caller can stream drafts and stop between any two steps (closing the generator stops the work).
 """
 

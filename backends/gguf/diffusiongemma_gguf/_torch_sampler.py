@@ -1,7 +1,7 @@
 """The reference sampler's step with the torch engine's own pieces (diffusiongemma_torch._sampler): the same
 temperatures, entropies, acceptance, stop rule and random streams as `torch:`, so a seed gives the tokens the torch
-engine gives wherever the logits agree. Used when diffusiongemma-torch is installed; torch reductions use every
-core."""
+engine gives wherever the logits agree (`sampling="torch"`; needs diffusiongemma-torch). Its draws are the torch
+engine's: `torch.multinomial` takes a vocab-sized noise row per accepted position."""
 
 from __future__ import annotations
 
