@@ -32,7 +32,8 @@ from transformers import (
     Gemma4VisionConfig,
 )
 
-from diffusiongemma_torch._chat import ChatFormat, ChatTemplate
+from diffusiongemma_sdk._local.chat import ChatTemplate
+from diffusiongemma_torch._chat import ChatFormat
 from diffusiongemma_torch.demo import DEMO_DIR
 from diffusiongemma_torch.demo.tasks import sample_task
 from training.demo_examples import Example, canvas_example, completion_text, copy_example, sample_example
@@ -77,7 +78,7 @@ def write_tokenizer(directory: Path, seed: int) -> ChatFormat:
     """Learn the tokenizer on rendered demo conversations (prompt and answer text)."""
     if directory != DEMO_DIR:
         shutil.copy(DEMO_DIR / "chat_template.jinja", directory / "chat_template.jinja")
-    template = ChatTemplate(directory)
+    template = ChatTemplate.from_directory(directory)
     rng = random.Random(seed)
     corpus = []
     for _ in range(3000):
@@ -86,7 +87,7 @@ def write_tokenizer(directory: Path, seed: int) -> ChatFormat:
         corpus.append(template.render(task.messages, tools=task.tools, thinking=thinking))
         corpus.append(completion_text(task, thinking))
     build_tokenizer(corpus, directory)
-    return ChatFormat(directory)
+    return ChatFormat.from_directory(directory)
 
 
 def batches(rng: random.Random, chat: ChatFormat, size: int, copy_steps: int, pool: int = 16) -> Iterator[Batch]:

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from diffusiongemma_sdk._local.settings import SamplerSettings
 from diffusiongemma_torch._admission import PREFILL_CHUNK, SAMPLING_COPIES, SAMPLING_WORKSPACE_BYTES
-from diffusiongemma_torch._config import SamplerSettings
 from diffusiongemma_torch._engine import CanvasCommitted, DenoiseStep
 from diffusiongemma_torch._model import CacheSlab, DiffusionGemmaTextNet, KVCache
 from diffusiongemma_torch._prefix import PrefixCache
