@@ -1,6 +1,6 @@
 """`gguf:` on llama.cpp, `gguf:` on the torch engine (`-o engine=torch`) and `torch:`, on the same models, one run.
 
-    .venv/bin/python benchmarks/gguf_engines.py                 # the demo model and the mid-size config, F32
+    .venv/bin/python benchmarks/gguf_engines.py [--json docs/data/gguf_engines.json]   # demo and mid config, F32
 
 Models: the demo model (`torch:demo`; `gguf:demo` is it converted to F32) and the mid-size config of
 benchmarks/engine_vs_transformers.py (hidden 512, 4 layers with 1 full, vocab 32768, 16 experts top-4, canvas
@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support, run as a script
+
+from benchmarks._results import write_bars
 
 ENGINES = {"gguf: llama.cpp": {}, "gguf: engine=torch": {"engine": "torch"}, "torch:": None}
 MID_DIFFUSION = {"max_denoising_steps": 8}
@@ -85,6 +87,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=40, help="requests per engine on the demo model")
     parser.add_argument("--mid-prompts", type=int, default=2, help="requests per engine on the mid config")
     parser.add_argument("--rounds", type=int, default=3, help="runs of every engine, interleaved; medians shown")
+    parser.add_argument("--json", type=Path, help="also write the table to this file (docs/data/)")
     parser.add_argument("--child", nargs=4, metavar=("SPEC", "OPTIONS", "WORKLOAD", "PROMPTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -113,6 +116,7 @@ def main() -> None:
                     runs.setdefault((model, engine), []).append(json.loads(output.stdout.strip().splitlines()[-1]))
     results = {key: median_run(values) for key, values in runs.items()}
     print(f"{'model':12}{'engine':22}{'load s':>8}{'steps/s':>10}{'tokens/s':>10}{'peak RSS MB':>13}{'vs torch:':>11}")
+    rows = []
     for (model, engine), r in results.items():
         steps_per_s = r["steps"] / r["wall_s"]
         peer = results[(model, "torch:")]
@@ -121,6 +125,23 @@ def main() -> None:
             f"{model:12}{engine:22}{r['load_s']:8.2f}{steps_per_s:10.1f}{r['tokens'] / r['wall_s']:10.1f}"
             f"{r['rss_mb']:13.0f}{ratio:10.2f}x"
         )
+        rows.append(
+            {
+                "engine": f"{model}, {engine}",
+                "steps_per_s": steps_per_s,
+                "tokens_per_s": r["tokens"] / r["wall_s"],
+                "peak_rss_mb": r["rss_mb"],
+                "ratio": ratio,
+            }
+        )
+    write_bars(
+        args.json,
+        title="gguf: on llama.cpp and on the torch engine against torch:, same weights (F32)",
+        rows=rows,
+        label="engine",
+        value="steps_per_s",
+        value_label="denoising steps/s (ratio: against torch: on the same model)",
+    )
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ def _on_torch(name: str, header: GGUFHeader, options: GGUFOptions) -> Backend:
         stream_every=options.stream_every,
         default_max_tokens=options.default_max_tokens,
         max_batch=options.max_batch,
+        prefix_cache_mb=options.prefix_cache_mb,
     )
     return torch_backend(name, header, torch_options)
 

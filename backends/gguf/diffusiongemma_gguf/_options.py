@@ -10,7 +10,7 @@ __all__ = ["DEFAULT_MAX_TOKENS", "GGUFOptions"]
 
 DEFAULT_MAX_TOKENS = 2048
 _LLAMA_ONLY = ("threads", "context", "prefill_chunk", "sampling")
-_TORCH_ONLY = ("device", "dtype", "max_batch")
+_TORCH_ONLY = ("device", "dtype", "max_batch", "prefix_cache_mb")
 
 
 class GGUFOptions(BaseModel):
@@ -34,6 +34,7 @@ class GGUFOptions(BaseModel):
     device: str | None = Field(default=None, description="torch: 'cuda', 'cpu', ...; default: CUDA when present.")
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(default=None, description="torch: weights dtype.")
     max_batch: int = Field(default=1, ge=1, description="torch: requests denoised together.")
+    prefix_cache_mb: int = Field(default=512, ge=0, description="torch: memory for encoded prompts reused; 0: off.")
 
     @model_validator(mode="after")
     def _options_fit_the_engine(self) -> GGUFOptions:
