@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DISTRIBUTIONS := -e . -e backends/torch -e backends/gguf -e integrations/langchain
 
-.PHONY: install test lint typecheck unit docs demo clean
+.PHONY: install test lint typecheck unit docs demo clean llama-cpp
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,13 @@ docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict  # not --quiet: it hides the warnings strict counts
 
 test: lint typecheck unit docs
+
+# llama-cpp-python built with a llama.cpp tree carrying PR #24423 (a checkout or a tarball), for gguf: on llama.cpp.
+# Built once per machine: the wheel is cached by the tree's content hash (~/.cache/diffusiongemma/llama-cpp).
+LLAMA_CPP_SOURCE ?= ../shared/vendor/llama.cpp-pr24423-c3fb97241.tar.gz
+
+llama-cpp: install
+	$(BIN)/diffusiongemma build-llama-cpp $(LLAMA_CPP_SOURCE)
 
 DEMO_STAMP := $(VENV)/.demo-installed
 DEMO_PROMPT ?= Sort these numbers: 42 7 19 88 3 56

@@ -13,6 +13,7 @@ each row with its own generator and cache.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -24,8 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._results import write_bars
+from diffusiongemma_sdk._local.settings import SamplerSettings
 from diffusiongemma_torch._checkpoint import load_checkpoint
-from diffusiongemma_torch._config import SamplerSettings
 from diffusiongemma_torch._engine import CanvasCommitted, generate_canvases
 from diffusiongemma_torch._pool import RowPool
 from tests.support.tiny_checkpoint import TinySpec, build_tiny_checkpoint
@@ -111,6 +112,14 @@ def _through_pool(
     return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in rows_tokens])
 
 
+IMPLEMENTATIONS = (
+    "transformers generate()",
+    "diffusiongemma-torch, sampler=reference",
+    "diffusiongemma-torch, sampler=default",
+    "diffusiongemma-torch, continuous batching",
+)
+
+
 def synchronize(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -130,6 +139,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--batch", type=int, default=1, help="prompts generated together")
+    parser.add_argument("--runs", type=int, default=5, help="runs of every implementation, interleaved; medians")
     parser.add_argument("--json", type=Path, help="also write the table to this file (docs/data/ for the site)")
     args = parser.parse_args()
 
@@ -139,11 +149,15 @@ def main() -> None:
         shape = (args.batch, args.prompt_tokens)
         prompt = torch.randint(3, args.vocab, shape, generator=torch.Generator().manual_seed(1))
         prompt = prompt.to(args.device)
-        theirs, their_time = run_transformers(directory, prompt, args)
-        ours, our_time = run_engine(directory, prompt, args)
-        _, default_time = run_engine(directory, prompt, args, reference=False)
-        _, pool_time = run_engine(directory, prompt, args, reference=False, pool=True)
-    assert torch.equal(theirs, ours), "the engine's tokens differ from transformers' generate()"
+        times: dict[str, list[float]] = {name: [] for name in IMPLEMENTATIONS}
+        for _ in range(args.runs):  # interleaved, so that a busy spell of the machine hits every implementation
+            theirs, their_time = run_transformers(directory, prompt, args)
+            ours, our_time = run_engine(directory, prompt, args)
+            assert torch.equal(theirs, ours), "the engine's tokens differ from transformers' generate()"
+            _, default_time = run_engine(directory, prompt, args, reference=False)
+            _, pool_time = run_engine(directory, prompt, args, reference=False, pool=True)
+            for name, seconds in zip(IMPLEMENTATIONS, (their_time, our_time, default_time, pool_time), strict=True):
+                times[name].append(seconds)
 
     steps = args.canvases * args.steps
     tokens = args.batch * args.canvases * args.canvas
@@ -151,27 +165,27 @@ def main() -> None:
         f"config: batch {args.batch}, hidden {args.hidden}, 4 layers (1 full), vocab {args.vocab}, "
         f"{args.experts} experts top-{args.top_k}, canvas {args.canvas}, "
         f"{args.canvases} canvases x {args.steps} steps, {args.device} {args.dtype}, "
-        f"torch {torch.__version__}; reference outputs identical"
+        f"torch {torch.__version__}; reference outputs identical; median of {args.runs} runs"
     )
-    print(f"{'implementation':<44}{'s/canvas':>10}{'steps/s':>10}{'tokens/s':>10}{'ratio':>8}")
-    rows = (
-        ("transformers generate()", their_time),
-        ("diffusiongemma-torch, sampler=reference", our_time),
-        ("diffusiongemma-torch, sampler=default", default_time),
-        ("diffusiongemma-torch, continuous batching", pool_time),
-    )
-    for name, seconds in rows:
+    print(f"{'implementation':<44}{'s/canvas':>10}{'steps/s':>10}{'tokens/s':>10}{'ratio':>8}  ratio per run")
+    baseline = times[IMPLEMENTATIONS[0]]
+    rows = []
+    for name, runs in times.items():
+        seconds = statistics.median(runs)
+        ratios = [theirs / ours for theirs, ours in zip(baseline, runs, strict=True)]
+        ratio = statistics.median(ratios)
         print(
             f"{name:<44}{seconds / args.canvases:>10.3f}{steps / seconds:>10.2f}{tokens / seconds:>10.1f}"
-            f"{their_time / seconds:>7.2f}x"
+            f"{ratio:>7.2f}x  {' '.join(f'{r:.2f}' for r in ratios)}"
         )
+        rows.append({"implementation": name, "tokens_per_s": tokens / seconds, "ratio": ratio})
     write_bars(
         args.json,
         title=f"Torch engine vs transformers' generate(): batch {args.batch}, {args.device} {args.dtype}",
-        rows=[{"implementation": name, "tokens_per_s": tokens / s, "ratio": their_time / s} for name, s in rows],
+        rows=rows,
         label="implementation",
         value="tokens_per_s",
-        value_label="tokens/s",
+        value_label=f"tokens/s (median of {args.runs} runs; ratio: median of the runs' ratios)",
     )
     print(
         "(reference: tokens identical to transformers; default: the same distribution, other random draws; "

@@ -22,9 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._results import write_bars
+from diffusiongemma_sdk._local.settings import SamplerSettings
 from diffusiongemma_torch._admission import pool_bytes
 from diffusiongemma_torch._checkpoint import load_checkpoint
-from diffusiongemma_torch._config import SamplerSettings
 from diffusiongemma_torch._pool import RowPool
 from tests.support.tiny_checkpoint import TinySpec, build_tiny_checkpoint
 

@@ -28,8 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._results import write_bars
+from diffusiongemma_sdk._local.settings import SamplerSettings
 from diffusiongemma_torch._checkpoint import load_checkpoint
-from diffusiongemma_torch._config import SamplerSettings, TextConfig
+from diffusiongemma_torch._config import TextConfig
 from diffusiongemma_torch._pool import RowPool
 from tests.support.tiny_checkpoint import TinySpec, build_tiny_checkpoint
 

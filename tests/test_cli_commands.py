@@ -20,6 +20,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
+from diffusiongemma_gguf._support import PR_FUNCTIONS
 from diffusiongemma_sdk import Generation
 from diffusiongemma_sdk._cli import app
 from diffusiongemma_sdk._cli.bench import FALLBACK_PROMPTS, BenchReport
@@ -449,7 +450,7 @@ def fake_llama_cpp(library: object | None) -> types.ModuleType:
     [
         (None, "warn", "llama-cpp-python is not installed"),
         (fake_llama_cpp(types.SimpleNamespace(llama_decode=0)), "warn", "0.3.36: its llama.cpp lacks DiffusionGemma"),
-        (fake_llama_cpp(types.SimpleNamespace(llama_diffusion_set_phase=0)), "ok", "built with DiffusionGemma"),
+        (fake_llama_cpp(types.SimpleNamespace(**dict.fromkeys(PR_FUNCTIONS, 0))), "ok", "built with DiffusionGemma"),
         (fake_llama_cpp(None), "unknown", "cannot tell"),
     ],
     ids=["not-installed", "stock-build", "pr-build", "unknown"],
@@ -461,7 +462,10 @@ def test_doctor_llama_cpp(
     _, checks = diagnose()
     assert checks["llama.cpp"].status == status
     assert words in checks["llama.cpp"].detail
-    assert (checks["llama.cpp"].fix is not None) == (status == "warn")
+    assert (checks["llama.cpp"].fix is not None) == (status != "ok")
+    if status == "warn":  # what the gguf: backend's own error says
+        assert "diffusiongemma build-llama-cpp" in (checks["llama.cpp"].fix or "")
+        assert "-o engine=torch" in (checks["llama.cpp"].fix or "")
 
 
 # --- serve ---------------------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The request contract: every `GenerationRequest` field, run against every backend the tests can start, is honoured
 or refused as that backend declares in its capabilities (docs/request-contract.md).
 
-Backends: a tiny random torch checkpoint, `torch:demo` (whose answers show thinking and tool calls), `openai:` against
+Backends: a tiny random torch checkpoint, `torch:demo` (whose answers show thinking and tool calls), `gguf:demo` (the
+demo converted) on llama.cpp (skipped, saying why, without a DiffusionGemma-enabled llama-cpp-python) and on the
+torch engine, `openai:` against
 the scripted local server (where honouring a field means sending it: the recorded body shows it), `openai:` against a
 real `diffusiongemma serve --backend torch:demo` process, the `test` backend, and the `test` backend declaring that it
 supports nothing optional (so that every refusal path runs). A field added to `GenerationRequest` without a rule in
@@ -24,6 +26,8 @@ from pydantic import BaseModel
 pytest.importorskip("transformers")
 pytest.importorskip("starlette")
 
+from diffusiongemma_gguf import llama_cpp_support
+from diffusiongemma_gguf._backend import LlamaCppBackend
 from diffusiongemma_sdk import (
     APIConnectionError,
     APITimeoutError,
@@ -40,6 +44,7 @@ from diffusiongemma_sdk import (
 )
 from diffusiongemma_sdk._policy import FIELD_RULES
 from diffusiongemma_sdk.testing import DEFAULT_REASONING, TestBackend
+from diffusiongemma_torch._backend import TorchBackend
 from diffusiongemma_torch.demo.tasks import add
 from tests.support.openai_server import Reply, ScriptedServer
 from tests.support.serving import serve_command
@@ -107,7 +112,16 @@ class Harness:
         return backend.requests[-1]
 
 
-BACKENDS = ["torch-tiny", "torch-demo", "openai-scripted", "openai-serve", "test", "test-declares-nothing"]
+BACKENDS = [
+    "torch-tiny",
+    "torch-demo",
+    "gguf-demo-llama.cpp",
+    "gguf-demo-torch",
+    "openai-scripted",
+    "openai-serve",
+    "test",
+    "test-declares-nothing",
+]
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +148,14 @@ async def harness(
         made = Harness(AsyncDiffusionGemma(tiny_backend), "torch", "What is 1 + 2 ?", add_prompt="What is 1 + 2 ?")
     elif kind == "torch-demo":
         made = Harness(AsyncDiffusionGemma("torch:demo"), "torch", sort_prompt, demo=True)
+    elif kind == "gguf-demo-llama.cpp":
+        support = llama_cpp_support()
+        if not support.ready:
+            pytest.skip(f"llama.cpp engine: {support.detail}; build it with: {support.fix}")
+        made = Harness(AsyncDiffusionGemma("gguf:demo"), "torch", sort_prompt, demo=True)
+    elif kind == "gguf-demo-torch":
+        made = Harness(AsyncDiffusionGemma("gguf:demo", backend_options={"engine": "torch"}), "torch", sort_prompt)
+        made.demo = True
     elif kind == "openai-scripted":
         client = AsyncDiffusionGemma(f"openai:{scripted_server.url}")
         made = Harness(client, "remote", "Say something.", scripted=scripted_server)
@@ -387,10 +409,12 @@ async def check_timeout(h: Harness) -> None:
         assert h.scripted.wait_for_disconnect()  # the connection was closed
     if isinstance(h.client.backend, TestBackend):
         h.client.backend.event_delay = 0.0
-    if h.client.backend.name.startswith("torch:"):
-        scheduler = h.client.backend._scheduler  # type: ignore[attr-defined]
+    if isinstance(h.client.backend, TorchBackend):
+        scheduler = h.client.backend._scheduler
         assert not scheduler.pool.rows  # the engine is free: no row is left in it
         assert not scheduler.waiting
+    if isinstance(h.client.backend, LlamaCppBackend):
+        assert not h.client.backend._engine.locked()  # the engine is free
     with anyio.fail_after(30):
         assert await h.client.generate(h.prompt, max_tokens=8, **h.seeded(0))  # and serves the next request
 

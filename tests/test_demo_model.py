@@ -106,7 +106,7 @@ def test_shipped_files_are_small_and_use_the_real_layout() -> None:
 
 def test_tokenizer_loads_with_transformers_and_renders_like_the_engine() -> None:
     tokenizer = AutoTokenizer.from_pretrained(DEMO_DIR)
-    chat = ChatFormat(DEMO_DIR)
+    chat = ChatFormat.from_directory(DEMO_DIR)
     task = add_task(random.Random(0), answered_call=True)
     ours = chat.render(task.messages, tools=task.tools, thinking=True)
     messages = [
@@ -133,7 +133,7 @@ def test_tokenizer_loads_with_transformers_and_renders_like_the_engine() -> None
 
 
 def test_contract_prompts_encode_without_unknown_tokens() -> None:
-    chat = ChatFormat(DEMO_DIR)
+    chat = ChatFormat.from_directory(DEMO_DIR)
     unknown = chat.token_id("<unk>")
     prompts = ["Sort these numbers: " + " ".join(map(str, range(100))), "Reverse these words: " + " ".join(WORDS)]
     prompts += [f"What is {a} + {b}?" for a in range(0, 100, 7) for b in range(0, 100, 11)]

@@ -17,7 +17,7 @@ CANVAS = 32
 
 
 def test_copy_exercises_write_the_prompts_last_items_in_the_asked_form() -> None:
-    chat = ChatFormat(DEMO_DIR)
+    chat = ChatFormat.from_directory(DEMO_DIR)
     rng = random.Random(0)
     head, tail = chat.encode("<bos>"), chat.encode("<turn|>\n<|turn>model\n")
     forms = set()

@@ -11,6 +11,7 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # what each example prints when it did its job, beyond exiting with 0
 EXPECTED = {
+    "gguf_quantized.py": ["wrote demo-q8_0.gguf", "torch engine -> blue green red"],
     "langchain_agent.py": ["tool add -> 42", "model: 42", "draft, canvas 0 step 1"],
     "quickstart.py": ["answer: ", "committed: 'blue green red'", "reasoning: I will reverse the words."],
     "serve_and_switch.py": ["torch:demo            -> blue green red", "/v1 -> blue green red", "openai-python"],

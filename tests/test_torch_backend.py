@@ -26,12 +26,11 @@ from diffusiongemma_sdk import (
     UnsupportedParameterError,
 )
 from diffusiongemma_sdk._gemma4 import parse_gemma4
+from diffusiongemma_sdk._local.progress import RequestProgress
 from diffusiongemma_torch import _admission as admission
 from diffusiongemma_torch import _checkpoint as checkpoint_module
 from diffusiongemma_torch._backend import TorchBackend
 from diffusiongemma_torch._chat import ChatFormat
-from diffusiongemma_torch._engine import CanvasCommitted
-from diffusiongemma_torch._progress import RequestProgress
 from diffusiongemma_torch.demo import DEMO_DIR
 from tests.support.tiny_checkpoint import TinySpec, build_tiny_checkpoint, stop_token_ids
 
@@ -317,7 +316,7 @@ def test_hub_id_from_the_local_cache(tiny: Path, tmp_path: Path, monkeypatch: py
 
 def test_pad_tokens_before_the_stop_are_counted_but_not_shown() -> None:
     """A small model can put `<pad>` before its stop token: the tokens count in usage, the text does not show them."""
-    chat = ChatFormat(DEMO_DIR)
+    chat = ChatFormat.from_directory(DEMO_DIR)
     pad, stop = chat.token_id("<pad>"), chat.token_id("<turn|>")
     assert pad is not None
     assert stop is not None
@@ -326,18 +325,7 @@ def test_pad_tokens_before_the_stop_are_counted_but_not_shown() -> None:
         backend="torch:demo", chat=chat, prompt_tokens=5, max_tokens=64, stop_tokens={stop},
         stop_strings=[], pad_token_id=pad,
     )  # fmt: skip
-    canvas = torch.tensor([answer + [pad] * (32 - len(answer))])
-    run.handle(
-        CanvasCommitted(
-            canvas_index=0,
-            tokens=canvas,
-            steps=torch.tensor([3]),
-            finished=torch.tensor([True]),
-            decoder_passes=torch.tensor([3]),
-        ),
-        0,
-        every=1,
-    )
+    run.commit(answer + [pad] * (32 - len(answer)), steps=3, decoder_passes=3)
     done = run.final_events()[-1]
     assert isinstance(done, DoneEvent)
     generation = done.generation

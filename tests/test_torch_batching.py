@@ -16,11 +16,11 @@ import torch
 pytest.importorskip("transformers")
 
 from diffusiongemma_sdk import AsyncDiffusionGemma, CanvasEvent, DenoiseStepEvent, DoneEvent, Generation
+from diffusiongemma_sdk._local.progress import RequestProgress
 from diffusiongemma_torch import _admission as admission
 from diffusiongemma_torch import _scheduler as scheduler_module
 from diffusiongemma_torch._backend import TorchBackend
 from diffusiongemma_torch._checkpoint import load_checkpoint
-from diffusiongemma_torch._progress import RequestProgress
 from diffusiongemma_torch._scheduler import Scheduler
 from diffusiongemma_torch.demo import DEMO_DIR
 from diffusiongemma_torch.demo.tasks import add
@@ -266,15 +266,15 @@ async def test_a_reader_never_sees_its_request_finished_before_its_last_events(
 ) -> None:
     """The worker thread writes a request's progress while the event loop reads it. A slow reader that looks just as
     its last canvas is being handled (by a step another request drives) still gets that canvas's event first."""
-    original_handle = RequestProgress.handle
+    original_commit = RequestProgress.commit
 
-    def slow_final_handle(self: RequestProgress, *args: Any, **kwargs: Any) -> Any:
-        events = original_handle(self, *args, **kwargs)
+    def slow_final_commit(self: RequestProgress, *args: Any, **kwargs: Any) -> Any:
+        events = original_commit(self, *args, **kwargs)
         if self.complete:
             time.sleep(0.3)  # the window between the progress being complete and its events being handed out
         return events
 
-    monkeypatch.setattr(RequestProgress, "handle", slow_final_handle)
+    monkeypatch.setattr(RequestProgress, "commit", slow_final_commit)
     never_settles = {"max_denoising_steps": 3, "t_max": 2.0}  # every row takes every step: one clock for both
     async with AsyncDiffusionGemma("torch:demo", backend_options={"max_batch": 2}) as client:
         backend = client.backend

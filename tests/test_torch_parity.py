@@ -14,9 +14,9 @@ from transformers import DiffusionGemmaForBlockDiffusion
 from transformers.cache_utils import DynamicCache
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
 
+from diffusiongemma_sdk._local.settings import SamplerSettings
 from diffusiongemma_torch import _engine as engine
 from diffusiongemma_torch._checkpoint import load_checkpoint
-from diffusiongemma_torch._config import SamplerSettings
 from diffusiongemma_torch._engine import CanvasCommitted, generate_canvases
 from diffusiongemma_torch._model import DiffusionGemmaTextNet
 from diffusiongemma_torch._sampler import SharedRandomness, entropy_bound_acceptance, token_distribution

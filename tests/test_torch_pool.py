@@ -12,10 +12,10 @@ import torch
 pytest.importorskip("transformers")
 
 from diffusiongemma_sdk import Message
+from diffusiongemma_sdk._local.settings import SamplerSettings
 from diffusiongemma_torch import _pool as pool_module
 from diffusiongemma_torch._chat import ChatFormat
 from diffusiongemma_torch._checkpoint import Checkpoint, load_checkpoint
-from diffusiongemma_torch._config import SamplerSettings
 from diffusiongemma_torch._engine import CanvasCommitted, DenoiseStep, generate_canvases
 from diffusiongemma_torch._pool import Row, RowPool
 from diffusiongemma_torch._prefix import PrefixCache
@@ -39,7 +39,7 @@ def checkpoint() -> Checkpoint:
 
 
 def prompt_ids(checkpoint: Checkpoint, text: str) -> list[int]:
-    chat = ChatFormat(checkpoint.directory)
+    chat = ChatFormat.from_directory(checkpoint.directory)
     return chat.encode(chat.render([Message(role="user", content=text)], tools=[], thinking=False))
 
 
@@ -120,7 +120,7 @@ CONVERSATION = [
 
 
 def conversation_ids(checkpoint: Checkpoint, turns: int) -> list[int]:
-    chat = ChatFormat(checkpoint.directory)
+    chat = ChatFormat.from_directory(checkpoint.directory)
     return chat.encode(chat.render(CONVERSATION[: 2 * turns], tools=[], thinking=False))
 
 

@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--probe", choices=list(PROBES), action="append", help="run only these (default: all)")
     args = parser.parse_args()
-    chat = ChatFormat(DEMO_DIR)
+    chat = ChatFormat.from_directory(DEMO_DIR)
     for name in args.probe or PROBES:
         print(f"{name}:")
         train_probe(PROBES[name], chat, args.steps, args.heads)

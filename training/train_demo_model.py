@@ -36,7 +36,8 @@ from transformers import (
     Gemma4VisionConfig,
 )
 
-from diffusiongemma_torch._chat import ChatFormat, ChatTemplate
+from diffusiongemma_sdk._local.chat import ChatTemplate
+from diffusiongemma_torch._chat import ChatFormat
 from diffusiongemma_torch.demo import DEMO_DIR
 from diffusiongemma_torch.demo.tasks import SORT_LENGTHS, TaskKind, sample_task
 from training.demo_examples import Example, canvas_example, completion_text, copy_example, sample_example
@@ -98,7 +99,7 @@ def write_tokenizer(directory: Path, seed: int) -> ChatFormat:
     """Learn the tokenizer on rendered demo conversations (prompt and answer text)."""
     if directory != DEMO_DIR:
         shutil.copy(DEMO_DIR / "chat_template.jinja", directory / "chat_template.jinja")
-    template = ChatTemplate(directory)
+    template = ChatTemplate.from_directory(directory)
     rng = random.Random(seed)
     corpus = []
     for _ in range(3000):
@@ -107,7 +108,7 @@ def write_tokenizer(directory: Path, seed: int) -> ChatFormat:
         corpus.append(template.render(task.messages, tools=task.tools, thinking=thinking))
         corpus.append(completion_text(task, thinking))
     build_tokenizer(corpus, directory)
-    return ChatFormat(directory)
+    return ChatFormat.from_directory(directory)
 
 
 @dataclass

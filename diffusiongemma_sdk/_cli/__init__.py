@@ -10,7 +10,9 @@ from __future__ import annotations
 import typer
 
 from diffusiongemma_sdk._cli.bench import bench
+from diffusiongemma_sdk._cli.build_llama_cpp import build_llama_cpp
 from diffusiongemma_sdk._cli.chat import chat
+from diffusiongemma_sdk._cli.convert_gguf import convert_gguf
 from diffusiongemma_sdk._cli.doctor import doctor
 from diffusiongemma_sdk._cli.generate import generate
 from diffusiongemma_sdk._cli.models import models
@@ -40,6 +42,8 @@ app.command()(bench)
 app.command()(models)
 app.command()(doctor)
 app.command()(serve)
+app.command(name="convert-gguf")(convert_gguf)
+app.command(name="build-llama-cpp")(build_llama_cpp)
 
 
 def main() -> None:

@@ -28,10 +28,7 @@ MIN_PYTHON = (3, 10)
 ENDPOINT_TIMEOUT = 5.0  # seconds for GET /models
 GIB = 2**30
 TORCH_FIX = f"for the local engine (torch:): pip install {DISTRIBUTIONS['torch']}"
-LLAMA_FIX = (
-    "only gguf: needs it, built with llama.cpp PR #24423 (ggml-org/llama.cpp); or serve the GGUF with a build of "
-    "that PR and use --backend openai:URL"
-)
+GGUF_FIX = f"only gguf: needs it: pip install {DISTRIBUTIONS['gguf']}"
 _MARKS: dict[Status, tuple[str, str]] = {
     "ok": ("ok  ", "green"),
     "warn": ("warn", "yellow"),
@@ -65,7 +62,7 @@ def doctor(
 
     Checks: the Python version, torch and CUDA (each GPU with its total and
     free memory), the installed backends, whether llama.cpp (llama-cpp-python)
-    supports DiffusionGemma, whether NVIDIA_API_KEY is set (it is never shown)
+    supports DiffusionGemma (as gguf: reports it), whether NVIDIA_API_KEY is set (it is never shown)
     and whether the hosted endpoint (NVIDIA_BASE_URL, else the NIM default)
     answers GET /models within 5 s.
     Required: Python 3.10 or later, and one backend ready to run: the torch
@@ -187,35 +184,17 @@ def _backends() -> tuple[Check, set[str]]:
 
 
 def _llama_cpp() -> Check:
-    """Whether llama-cpp-python's llama.cpp knows DiffusionGemma: only builds with PR #24423 do, and that PR adds the
-    `llama_diffusion_*` functions, which stock builds lack; the architecture list itself is not exposed."""
+    """Whether gguf: can run on llama.cpp here: diffusiongemma-gguf's probe, which the backend's typed error also
+    reports (llama-cpp-python exposes no architecture list; builds with PR #24423 carry its functions)."""
     try:
-        llama_cpp = importlib.import_module("llama_cpp")
+        gguf = importlib.import_module("diffusiongemma_gguf")
     except ImportError:
-        return Check(name="llama.cpp", status="warn", detail="llama-cpp-python is not installed", fix=LLAMA_FIX)
-    except Exception as error:  # installed, but its shared library does not load
-        return Check(
-            name="llama.cpp",
-            status="unknown",
-            detail=f"llama-cpp-python is installed but fails to load: {error}",
-            fix=LLAMA_FIX,
-        )
-    package = f"llama-cpp-python {getattr(llama_cpp, '__version__', '(version unknown)')}"
-    library = getattr(getattr(llama_cpp, "llama_cpp", None), "_lib", None)
-    if library is None:
-        return Check(
-            name="llama.cpp",
-            status="unknown",
-            detail=f"{package}: cannot tell whether its llama.cpp has DiffusionGemma",
-        )
-    if hasattr(library, "llama_diffusion_set_phase"):
-        return Check(name="llama.cpp", status="ok", detail=f"{package}, built with DiffusionGemma (llama_diffusion_*)")
+        return Check(name="llama.cpp", status="warn", detail="diffusiongemma-gguf is not installed", fix=GGUF_FIX)
+    support = gguf.llama_cpp_support()
+    if support.ready:
+        return Check(name="llama.cpp", status="ok", detail=support.detail)
     return Check(
-        name="llama.cpp",
-        status="warn",
-        detail=f"{package}: its llama.cpp lacks DiffusionGemma (no llama_diffusion_* functions; stock llama.cpp has "
-        "no 'diffusion-gemma' architecture)",
-        fix=LLAMA_FIX,
+        name="llama.cpp", status="warn" if support.known else "unknown", detail=support.detail, fix=support.remedy
     )
 
 

@@ -8,8 +8,10 @@ the path they take with the real checkpoint.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -73,6 +75,7 @@ class TinySpec:
     context: int = 8192
     intermediate: int | None = None  # the dense MLP's width; default 2 x hidden
     moe_intermediate: int | None = None  # each expert's width; default hidden / 2
+    tokenizer: Literal["words", "demo"] = "words"  # "demo": the demo model's byte-level BPE (vocab >= 930)
 
 
 def build_tiny_checkpoint(directory: Path, spec: TinySpec = TinySpec(), seed: int = 0) -> Path:
@@ -111,7 +114,11 @@ def build_tiny_checkpoint(directory: Path, spec: TinySpec = TinySpec(), seed: in
             if name.endswith("layer_scalar"):
                 buffer.copy_(0.5 + torch.rand_like(buffer))
     model.save_pretrained(directory)
-    _write_tokenizer(directory, spec.vocab)
+    if spec.tokenizer == "demo":
+        _copy_demo_tokenizer(directory)
+    else:
+        _write_tokenizer(directory, spec.vocab)
+    _write_generation_config(directory)
     return directory
 
 
@@ -134,6 +141,17 @@ def _write_tokenizer(directory: Path, vocab_size: int) -> None:
     (directory / "tokenizer_config.json").write_text(
         json.dumps({"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"})
     )
+
+
+def _copy_demo_tokenizer(directory: Path) -> None:
+    """The demo model's tokenizer and chat template: a byte-level BPE, which GGUF (llama.cpp's gpt2) can hold."""
+    from diffusiongemma_torch.demo import DEMO_DIR
+
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(DEMO_DIR / name, directory / name)
+
+
+def _write_generation_config(directory: Path) -> None:
     (directory / "generation_config.json").write_text(
         json.dumps(
             {

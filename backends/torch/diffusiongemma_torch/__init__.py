@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic import ValidationError
-
 from diffusiongemma_sdk import BackendOptions, ConfigurationError
-from diffusiongemma_sdk._errors import describe_validation_error
+from diffusiongemma_sdk._local.backend import engine_options
 from diffusiongemma_torch._backend import TorchBackend, TorchOptions
 from diffusiongemma_torch._chat import ChatFormat
 from diffusiongemma_torch._checkpoint import load_checkpoint
@@ -16,13 +14,7 @@ __all__ = ["DEMO_DIR", "TorchBackend", "TorchOptions", "create_backend"]
 
 def create_backend(target: str, options: BackendOptions) -> TorchBackend:
     """Entry point of the `torch:` scheme: load the checkpoint now, so that problems show at once."""
-    try:
-        torch_options = TorchOptions.model_validate(options.extra)
-    except ValidationError as exc:
-        raise ConfigurationError(
-            f"Invalid backend_options for torch: ({describe_validation_error(exc)}). "
-            f"Known options: {', '.join(TorchOptions.model_fields)}."
-        ) from None
+    torch_options = engine_options(TorchOptions, options, "torch")
     if not target:
         raise ConfigurationError("torch: needs a checkpoint: torch:<folder>, torch:<org/name> or torch:demo.")
     location = target
@@ -31,4 +23,4 @@ def create_backend(target: str, options: BackendOptions) -> TorchBackend:
             raise ConfigurationError("This build of diffusiongemma-torch ships no demo model yet.")
         location = str(DEMO_DIR)
     checkpoint = load_checkpoint(location, device=torch_options.device, dtype=torch_options.dtype)
-    return TorchBackend(f"torch:{target}", checkpoint, ChatFormat(checkpoint.directory), torch_options)
+    return TorchBackend(f"torch:{target}", checkpoint, ChatFormat.from_directory(checkpoint.directory), torch_options)

@@ -2,48 +2,25 @@
 
 from __future__ import annotations
 
-import dataclasses
-import secrets
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator
 from typing import Literal
 
 import anyio
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from diffusiongemma_sdk import (
-    Backend,
-    Capabilities,
-    DoneEvent,
-    Generation,
-    GenerationRequest,
-    StreamEvent,
-)
-from diffusiongemma_sdk._gemma4 import TOOL_CALL_OPEN
+from diffusiongemma_sdk import GenerationRequest, StreamEvent
+from diffusiongemma_sdk._local.backend import LocalBackend
+from diffusiongemma_sdk._local.request import local_capabilities, prepare_request
 from diffusiongemma_torch._admission import check_request_memory
-from diffusiongemma_torch._chat import ChatFormat, forced_call
+from diffusiongemma_torch._chat import ChatFormat
 from diffusiongemma_torch._checkpoint import Checkpoint
-from diffusiongemma_torch._config import token_budget
-from diffusiongemma_torch._progress import RequestProgress
 from diffusiongemma_torch._scheduler import Job, Scheduler
 
 __all__ = ["DEFAULT_MAX_TOKENS", "TorchBackend", "TorchOptions"]
 
 DEFAULT_MAX_TOKENS = 2048
-
-CAPABILITIES = Capabilities(
-    per_request_diffusion=True,
-    denoise_stream=True,
-    tools=True,
-    images=False,  # vision weights are not loaded yet
-    thinking=True,
-    native_structured_output=False,
-    logprobs=False,
-    seed=True,
-    max_concurrency=1,
-)
 
 
 class TorchOptions(BaseModel):
@@ -74,7 +51,7 @@ class TorchOptions(BaseModel):
     )
 
 
-class TorchBackend(Backend):
+class TorchBackend(LocalBackend):
     """Runs DiffusionGemma in this process, in a worker thread; requests are batched by the `Scheduler`.
 
     `tool_choice` is enforced on the canvas: "none" bans the tool-call token, so no call can be sampled or committed;
@@ -88,43 +65,17 @@ class TorchBackend(Backend):
         self.checkpoint = checkpoint
         self.chat = chat
         self.options = options
-        # tool_choice is enforced through the tool-call marker: banned for "none", written first for a forced call
-        self._call_marker = chat.token_id(TOOL_CALL_OPEN)
-        forms = CAPABILITIES.tool_choice if self._call_marker is not None else ("auto",)
-        self._capabilities = CAPABILITIES.model_copy(
-            update={
-                "max_concurrency": options.max_batch,
-                "tool_choice": forms,
-                "context_window": checkpoint.config.max_position_embeddings,
-            }
+        self._capabilities = local_capabilities(
+            chat, max_concurrency=options.max_batch, context_window=checkpoint.config.max_position_embeddings
         )
         self._scheduler = Scheduler(
-            checkpoint,
-            max_batch=options.max_batch,
-            stream_every=options.stream_every,
-            prefix_cache_bytes=options.prefix_cache_mb * 2**20,
+            checkpoint, max_batch=options.max_batch, prefix_cache_bytes=options.prefix_cache_mb * 2**20
         )
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self._capabilities
 
     @property
     def batch_sizes(self) -> Counter[int]:
         """How many denoising passes the engine ran with each number of rows (requests that shared a pass)."""
         return Counter(self._scheduler.batch_sizes)
-
-    async def generate(self, request: GenerationRequest) -> Generation:
-        async with aclosing(self._events(request.model_copy(update={"drafts": False}))) as events:
-            async for event in events:
-                if isinstance(event, DoneEvent):
-                    return event.generation
-        raise RuntimeError("the engine ended without a result")  # pragma: no cover
-
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
-        async with aclosing(self._events(request)) as events:
-            async for event in events:
-                yield event
 
     async def aclose(self) -> None:
         if self.checkpoint.net.embed_tokens.weight.is_cuda:
@@ -151,30 +102,21 @@ class TorchBackend(Backend):
 
     def _prepare(self, request: GenerationRequest) -> Job:
         """Render and check a request: the job the scheduler runs."""
-        net, defaults = self.checkpoint.net, self.checkpoint.defaults
-        settings = defaults.resolve(request.diffusion)
-        if request.tool_choice == "none" and self._call_marker is not None:
-            settings = dataclasses.replace(settings, banned_token_ids=(self._call_marker,))
-        forced = forced_call(request.tool_choice, request.tools)
-        prompt = self.chat.render(request.messages, tools=request.tools, thinking=request.thinking)
-        prompt_ids = self.chat.encode(prompt + (forced.opening if forced is not None else ""))
-        max_tokens = token_budget(
-            len(prompt_ids), request.max_tokens, self.options.default_max_tokens, self.checkpoint.config
-        )
-        device = net.embed_tokens.weight.device
-        check_request_memory(net.config, len(prompt_ids) + max_tokens, net.embed_tokens.weight.dtype, device)
-        generator = torch.Generator(device=device)
-        # torch takes seeds in [-2**63, 2**64); any other integer wraps as torch wraps negative ones
-        generator.manual_seed(request.seed % 2**64 if request.seed is not None else secrets.randbits(63))
-        progress = RequestProgress(
+        net, config = self.checkpoint.net, self.checkpoint.config
+        prepared = prepare_request(
+            request,
             backend=self.name,
             chat=self.chat,
-            prompt_tokens=len(prompt_ids),
-            max_tokens=max_tokens,
-            stop_tokens=set(defaults.eos_token_ids),
-            stop_strings=request.stop,
-            pad_token_id=defaults.pad_token_id,
-            drafts=request.drafts,
-            forced=forced,
+            defaults=self.checkpoint.defaults,
+            canvas_length=config.canvas_length,
+            context=config.max_position_embeddings,
+            default_max_tokens=self.options.default_max_tokens,
+            every=self.options.stream_every,
         )
-        return Job(settings=settings, prompt_ids=prompt_ids, generator=generator, progress=progress)
+        device = net.embed_tokens.weight.device
+        context = len(prepared.prompt_ids) + prepared.progress.max_tokens
+        check_request_memory(net.config, context, net.embed_tokens.weight.dtype, device)
+        generator = torch.Generator(device=device).manual_seed(prepared.seed)
+        return Job(
+            settings=prepared.settings, prompt_ids=prepared.prompt_ids, generator=generator, progress=prepared.progress
+        )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,11 +14,22 @@ import torch
 from safetensors import safe_open
 
 from diffusiongemma_sdk import ConfigurationError
+from diffusiongemma_sdk._local.settings import GenerationDefaults
 from diffusiongemma_torch._admission import check_load_memory
-from diffusiongemma_torch._config import GenerationDefaults, TextConfig
+from diffusiongemma_torch._config import TextConfig
 from diffusiongemma_torch._model import DiffusionGemmaTextNet
 
-__all__ = ["Checkpoint", "default_device_and_dtype", "load_checkpoint", "resolve_checkpoint_dir", "text_parameters"]
+__all__ = [
+    "Checkpoint",
+    "TextTensor",
+    "assemble_net",
+    "default_device_and_dtype",
+    "load_checkpoint",
+    "resolve_checkpoint_dir",
+    "start_intra_op_threads",
+    "text_parameters",
+    "text_tensors",
+]
 
 _DECODER = "model.decoder."
 _ENCODER_SCALAR = "model.encoder.language_model.layers."
@@ -63,36 +77,68 @@ def default_device_and_dtype(device: str | None, dtype: str | torch.dtype | None
     return chosen, _DTYPES[dtype]
 
 
+@dataclass(frozen=True)
+class TextTensor:
+    """One text weight of a checkpoint, under the engine's name: its shape, and `read()` for its data (valid while
+    `text_tensors` is at it)."""
+
+    name: str
+    shape: list[int]
+    read: Callable[[], torch.Tensor]
+
+
+def text_tensors(directory: Path) -> Iterator[TextTensor]:
+    """The checkpoint's text weights under the engine's names, read lazily; vision weights are skipped."""
+    for file in _weight_files(directory):
+        with safe_open(file, framework="pt", device="cpu") as handle:
+            for name in handle.keys():  # noqa: SIM118  (safe_open has no __iter__)
+                local = _local_name(name)
+                if local is not None:
+                    shape = list(handle.get_slice(name).get_shape())
+                    yield TextTensor(local, shape, functools.partial(handle.get_tensor, name))
+
+
 def text_parameters(directory: Path) -> int:
     """How many parameters of the checkpoint the text engine loads."""
-    return sum(_numel(shape) for name, shape in _tensor_shapes(directory).items() if _keep(name))
+    return sum(math.prod(tensor.shape) for tensor in text_tensors(directory))
 
 
 def load_checkpoint(target: str, *, device: str | None = None, dtype: str | torch.dtype | None = None) -> Checkpoint:
     """Load the text path of a checkpoint; vision weights are skipped."""
     directory = resolve_checkpoint_dir(target)
     config = TextConfig.from_file(directory / "config.json")
-    defaults = GenerationDefaults.from_file(directory / "generation_config.json", config)
+    defaults = GenerationDefaults.from_file(
+        directory / "generation_config.json", eos_token_ids=config.eos_token_ids, pad_token_id=config.pad_token_id
+    )
     chosen_device, chosen_dtype = default_device_and_dtype(device, dtype)
     check_load_memory(directory, text_parameters(directory), config, chosen_device, chosen_dtype)
+    state = {
+        tensor.name: tensor.read().to(device=chosen_device, dtype=chosen_dtype) for tensor in text_tensors(directory)
+    }
+    net = assemble_net(config, state, source=str(directory))
+    return Checkpoint(directory=directory, net=net, config=config, defaults=defaults)
+
+
+def assemble_net(config: TextConfig, state: dict[str, torch.Tensor], *, source: str) -> DiffusionGemmaTextNet:
+    """The text network with `state` (the engine's names, on one device) as its weights, without copying them."""
     with torch.device("meta"):
         net = DiffusionGemmaTextNet(config)
-    state = {}
-    for file in _weight_files(directory):
-        with safe_open(file, framework="pt", device="cpu") as handle:
-            for name in handle.keys():  # noqa: SIM118  (safe_open has no __iter__)
-                local = _local_name(name)
-                if local is not None:
-                    state[local] = handle.get_tensor(name).to(device=chosen_device, dtype=chosen_dtype)
     missing = set(net.state_dict()) - set(state)
     if missing:
-        raise ConfigurationError(f"{directory} lacks weights the engine needs: {sorted(missing)[:5]}")
+        raise ConfigurationError(f"{source} lacks weights the engine needs: {sorted(missing)[:5]}")
     net.load_state_dict(state, strict=True, assign=True)
+    start_intra_op_threads()
+    device = net.embed_tokens.weight.device
     for layer_type in set(config.layer_types):  # non-persistent buffers stay on meta after assign
-        net.register_buffer(
-            f"{layer_type}_inv_freq", config.rope_inv_freq(layer_type).to(chosen_device), persistent=False
-        )
-    return Checkpoint(directory=directory, net=net.eval(), config=config, defaults=defaults)
+        net.register_buffer(f"{layer_type}_inv_freq", config.rope_inv_freq(layer_type).to(device), persistent=False)
+    return net.eval()
+
+
+def start_intra_op_threads() -> None:
+    """Run one parallel torch operation on this (the loading) thread. A process whose first parallel torch operation
+    ran in the engine's worker thread generated up to 10 times slower on CPU (torch 2.13, the demo model; a checkpoint
+    stored in bf16 escaped it, its conversion to fp32 being such an operation)."""
+    torch.ones(1 << 20).sum()
 
 
 def _local_name(name: str) -> str | None:
@@ -104,10 +150,6 @@ def _local_name(name: str) -> str | None:
     return None
 
 
-def _keep(name: str) -> bool:
-    return _local_name(name) is not None
-
-
 def _weight_files(directory: Path) -> list[Path]:
     index = directory / "model.safetensors.index.json"
     if index.exists():
@@ -117,22 +159,6 @@ def _weight_files(directory: Path) -> list[Path]:
     if not files:
         raise ConfigurationError(f"{directory} has no *.safetensors weights.")
     return files
-
-
-def _tensor_shapes(directory: Path) -> dict[str, list[int]]:
-    shapes: dict[str, list[int]] = {}
-    for file in _weight_files(directory):
-        with safe_open(file, framework="pt", device="cpu") as handle:
-            for name in handle.keys():  # noqa: SIM118
-                shapes[name] = list(handle.get_slice(name).get_shape())
-    return shapes
-
-
-def _numel(shape: list[int]) -> int:
-    total = 1
-    for size in shape:
-        total *= size
-    return total
 
 
 def _hub_cache() -> Path:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from diffusiongemma_sdk._local.settings import SamplerSettings
 from diffusiongemma_torch._admission import PREFILL_CHUNK
-from diffusiongemma_torch._config import SamplerSettings
 from diffusiongemma_torch._model import DiffusionGemmaTextNet, KVCache
 from diffusiongemma_torch._rows import BatchRows, CanvasRows
 from diffusiongemma_torch._sampler import (

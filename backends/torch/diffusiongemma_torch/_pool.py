@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from diffusiongemma_sdk._local.settings import SamplerSettings
 from diffusiongemma_torch._admission import PREFILL_CHUNK, SAMPLING_COPIES, SAMPLING_WORKSPACE_BYTES
-from diffusiongemma_torch._config import SamplerSettings
 from diffusiongemma_torch._engine import CanvasCommitted, DenoiseStep
 from diffusiongemma_torch._model import CacheSlab, DiffusionGemmaTextNet, KVCache
 from diffusiongemma_torch._prefix import PrefixCache
@@ -179,15 +179,22 @@ class RowPool:
         # 3. accept: each row's lowest-entropy positions within its own entropy bound
         bounds = torch.tensor([[row.settings.entropy_bound] for row in rows], device=device)
         accepted = entropy_bound_acceptance(entropy, bounds)
-        soft = net.soft_embedding(self_conditioning_probabilities(scaled, probabilities, net.dtype))
         argmax = torch.argmax(scaled, dim=-1)
         reports: dict[Row, list[Report]] = {}
         for index, row in enumerate(rows):
             one = slice(index, index + 1)
             # 4. renoise: every position not accepted is redrawn, from the row's own generator
             row.noisy = row.randomness.draw(probabilities[one], accepted[one])
-            row.soft, row.argmax = soft[one], argmax[one]
+            row.argmax = argmax[one]
             reports[row] = self._advance(row, accepted[one], entropy[one])
+        # the soft tokens the next step reads, only for rows whose canvas goes on (a new canvas starts without them):
+        # a row at a time, so that no copy of the vocabulary-sized probabilities is made
+        for index, row in enumerate(rows):
+            if not isinstance(reports[row][-1], CanvasCommitted):
+                one = slice(index, index + 1)
+                row.soft = net.soft_embedding(
+                    self_conditioning_probabilities(scaled[one], probabilities[one], net.dtype)
+                )
         return reports
 
     def _distribution(self, rows: list[Row], scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from diffusiongemma_sdk._local.settings import BANNED_LOGIT
 from diffusiongemma_torch import _mt19937 as mt19937
 
 __all__ = [
@@ -206,10 +207,6 @@ class StableAndConfidentStop:
         if len(self._history):
             self._history = torch.cat([self._history[1:], argmax[None]])
         return stable & (entropy.mean(dim=-1) < self._confidence)
-
-
-BANNED_LOGIT = -1e4
-"""Where a banned token's logit is set: far below any softcapped logit, yet finite, so that entropies stay exact."""
 
 
 def ban_tokens(logits: torch.Tensor, token_ids: tuple[int, ...]) -> torch.Tensor:

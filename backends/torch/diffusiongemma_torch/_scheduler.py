@@ -23,12 +23,13 @@ import anyio
 import torch
 
 from diffusiongemma_sdk import StreamEvent
+from diffusiongemma_sdk._local.progress import RequestProgress
+from diffusiongemma_sdk._local.settings import SamplerSettings, canvases_for
 from diffusiongemma_torch._admission import PREFILL_CHUNK, fits_now
 from diffusiongemma_torch._checkpoint import Checkpoint
-from diffusiongemma_torch._config import SamplerSettings, canvases_for
 from diffusiongemma_torch._pool import Row, RowPool
 from diffusiongemma_torch._prefix import PrefixCache
-from diffusiongemma_torch._progress import RequestProgress
+from diffusiongemma_torch._progress import row_events
 
 __all__ = ["ADMISSION_WAIT_S", "ADMISSION_WINDOW_S", "Job", "Scheduler"]
 
@@ -57,12 +58,9 @@ class Job:
 class Scheduler:
     """The waiting and running requests of one loaded checkpoint."""
 
-    def __init__(
-        self, checkpoint: Checkpoint, *, max_batch: int, stream_every: int, prefix_cache_bytes: int = 0
-    ) -> None:
+    def __init__(self, checkpoint: Checkpoint, *, max_batch: int, prefix_cache_bytes: int = 0) -> None:
         self.checkpoint = checkpoint
         self.max_batch = max_batch
-        self.stream_every = stream_every
         defaults = checkpoint.defaults
         prefixes = PrefixCache(prefix_cache_bytes, block=PREFILL_CHUNK) if prefix_cache_bytes else None
         self.pool = RowPool(
@@ -135,7 +133,7 @@ class Scheduler:
                 self.batch_sizes[len(reports)] += 1
             for job in list(self.running):
                 for report in reports.get(job.row, []) if job.row is not None else []:
-                    job.pending.extend(job.progress.handle(report, 0, every=self.stream_every))
+                    job.pending.extend(row_events(job.progress, report, 0))
                 # only now: the event loop may read `pending` and the progress while this thread writes them
                 if job.progress.complete or (job.row is not None and job.row.finished):
                     job.finished = True

@@ -21,12 +21,12 @@ def declared_capabilities(spec: str | None) -> Capabilities | None:
     if not spec:
         return None
     scheme = BackendSpec.parse(spec).scheme
-    if scheme == "torch":
-        try:
-            from diffusiongemma_torch._backend import CAPABILITIES
+    if scheme in ("torch", "gguf"):
+        try:  # the local engines' chat templates need jinja2, which comes with their packages
+            from diffusiongemma_sdk._local.request import LOCAL_CAPABILITIES
         except ImportError:
             return None
-        return CAPABILITIES
+        return LOCAL_CAPABILITIES
     return {"nim": NIM_CAPABILITIES, "openai": OPENAI_COMPATIBLE_CAPABILITIES, "test": TEST_CAPABILITIES}.get(scheme)
 
 
