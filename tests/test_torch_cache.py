@@ -79,3 +79,27 @@ def test_rows_in_slots_of_a_slab_denoise_together_as_they_do_alone(tiny: Path) -
         alone = net.denoise(canvas[row : row + 1], cache, soft[row : row + 1])
         assert torch.allclose(together[row : row + 1], alone, rtol=1e-5, atol=1e-5)
     assert [cache.length for cache in caches] == [5, 37]  # denoising writes nothing that counts
+
+
+def test_prompts_prefilled_together_into_slots_are_as_prefilled_alone(tiny: Path) -> None:
+    """Right-padded prompts, some longer than the sliding window, written into slots 2 and 0 in one causal pass: each
+    slot holds what its prompt alone writes, and denoises as it does."""
+    net = load_checkpoint(str(tiny)).net
+    length = net.config.canvas_length
+    weight = net.embed_tokens.weight
+    slab = CacheSlab(net.config, weight.device, weight.dtype, slots=3, capacity=40 + length, room=40)
+    prompts = [torch.randint(3, 200, (1, n)) for n in (40, 9)]
+    ids = torch.zeros(2, 40, dtype=torch.long)
+    ids[0], ids[1, :9] = prompts[0][0], prompts[1][0]
+    caches = [slab.cache(2), slab.cache(0)]
+    net.encode_fresh_rows(ids, [40, 9], slab, [2, 0], caches)
+    canvas = torch.randint(3, 200, (1, length))
+    for prompt, cache in zip(prompts, caches, strict=True):
+        alone = net.new_cache(1, capacity=40 + length, room=40)
+        net.encode(prompt, alone)
+        assert cache.length == alone.length
+        for layer, sliding in enumerate(net.config.sliding):
+            held = cache.held(sliding)
+            assert torch.allclose(cache.keys[layer][:, :, :held], alone.keys[layer][:, :, :held], atol=1e-5)
+            assert torch.allclose(cache.values[layer][:, :, :held], alone.values[layer][:, :, :held], atol=1e-5)
+        assert torch.allclose(net.denoise(canvas, cache), net.denoise(canvas, alone), rtol=1e-5, atol=1e-5)

@@ -77,7 +77,7 @@ def test_rows_joining_at_any_step_with_their_own_settings_get_what_they_get_alon
     pool = RowPool(checkpoint.net, **stops(checkpoint))
     reports: dict[Row, list[Any]] = {}
     rows: list[Row] = []
-    joins = {0: [0, 1], 2: [2], 3: [3], 7: [4]}  # step -> the requests that join before it
+    joins = {0: [0, 1], 3: [2, 3], 7: [4]}  # step -> the requests that join before it (prefilled together)
     for step in range(400):
         for index in joins.get(step, []):
             text, changes = REQUESTS[index]

@@ -400,6 +400,28 @@ class DiffusionGemmaTextNet(nn.Module):
         attention = _in_slab(slab, caches, width)
         return self._layers(self._canvas_input(canvas, soft), positions, attention, encoder=False)
 
+    def encode_fresh_rows(
+        self,
+        ids: torch.Tensor,
+        lengths: Sequence[int],
+        slab: CacheSlab,
+        slots: Sequence[int],
+        caches: Sequence[KVCache],
+    ) -> None:
+        """Prefill prompts into empty slots of `slab` in one causal pass. Row `i` of `ids` ([rows, width],
+        right-padded) is a prompt of `lengths[i]` tokens for `caches[i]`, which views slot `slots[i]`. A token never
+        attends to the padding after it, so each row is its prompt encoded alone, up to batched rounding."""
+        width, device = ids.shape[1], ids.device
+        positions = torch.arange(width, device=device)
+        masks = {
+            sliding: _causal_window_mask(positions, self.config.sliding_window, sliding) for sliding in (False, True)
+        }
+        attention = _into_slots(slab, torch.tensor(list(slots), device=device), width, masks)
+        self._layers(self._embed(ids), positions, attention, encoder=True)
+        for cache, length in zip(caches, lengths, strict=True):
+            cache.keep(length)
+            cache.valid = torch.ones(1, length, dtype=torch.bool, device=device)
+
     def _canvas_input(self, canvas: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
         """The embedded canvas, conditioned on the previous step's soft tokens (none at a canvas's first step)."""
         eps = self.config.rms_norm_eps
@@ -485,6 +507,25 @@ def _in_cache(cache: KVCache, masks: Mapping[bool, torch.Tensor | None], *, caus
     def attend(index: int, module: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         keys, values = cache.attended(index, k, v)
         return module.attend(q, keys, values, masks[module.sliding], causal=causal)
+
+    return attend
+
+
+def _causal_window_mask(positions: torch.Tensor, window: int, sliding: bool) -> torch.Tensor:
+    """[1, 1, tokens, tokens] boolean: causal over `positions` (from 0), within the window on sliding layers."""
+    allowed = positions[None, :] <= positions[:, None]
+    if sliding:
+        allowed &= positions[None, :] > positions[:, None] - window
+    return allowed[None, None]
+
+
+def _into_slots(slab: CacheSlab, slots: torch.Tensor, width: int, masks: Mapping[bool, torch.Tensor]) -> AttentionOver:
+    """Causal attention of prompts over themselves, their keys and values written at the start of their slots."""
+
+    def attend(index: int, module: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        slab.keys[index][slots, :, :width] = k
+        slab.values[index][slots, :, :width] = v
+        return module.attend(q, k, v, masks[module.sliding], causal=True)
 
     return attend
 

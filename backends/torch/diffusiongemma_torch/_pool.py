@@ -57,6 +57,7 @@ class Row:
     noisy: torch.Tensor = field(init=False)  # [1, L] the canvas the next pass reads
     argmax: torch.Tensor = field(init=False)  # [1, L] the draft
     soft: torch.Tensor | None = None  # [1, L, hidden] the last step's soft tokens
+    prompt: list[int] | None = None  # until it is prefilled, at the row's first step
     schedule: LinearTemperatureSchedule = field(init=False)
     stop: StableAndConfidentStop = field(init=False)
 
@@ -103,23 +104,19 @@ class RowPool:
     def admit(
         self, prompt_ids: list[int], settings: SamplerSettings, generator: torch.Generator, max_canvases: int
     ) -> Row:
-        """Prefill a request's prompt into its slot of the slab and add its row, denoising from the next step on.
-
-        The prompt goes in blocks of `PREFILL_CHUNK` tokens; with a prefix cache, the blocks it already holds for
-        these very tokens are copied instead of encoded, and the blocks encoded here are kept for later prompts."""
-        net, device, prefixes = self.net, self.net.embed_tokens.weight.device, self.prefix_cache
+        """Add a request's row, with a slot of the slab for its whole context; its prompt is prefilled at the next
+        step, together with the prompts of the other rows that join then, and the row denoised from that step on."""
         slot = len(self.rows)
         slab = self._slab_for(slot + 1, len(prompt_ids) + max_canvases * self._length)
-        cache = slab.cache(slot)
-        prompt = torch.tensor([prompt_ids], device=device)
-        reused = prefixes.reuse(prompt_ids, cache) if prefixes is not None else 0
-        for start in range(reused, prompt.shape[1], PREFILL_CHUNK):
-            net.encode(prompt[:, start : start + PREFILL_CHUNK], cache)
-            if prefixes is not None:
-                prefixes.keep(prompt_ids, cache)
         randomness = SharedRandomness(generator, 1, self._length, self._vocab, reference=settings.reference)
-        row = Row(settings=settings, cache=cache, slot=slot, randomness=randomness, max_canvases=max_canvases)
-        row.start_canvas(self._length)
+        row = Row(
+            settings=settings,
+            cache=slab.cache(slot),
+            slot=slot,
+            randomness=randomness,
+            max_canvases=max_canvases,
+            prompt=prompt_ids,
+        )
         self.rows.append(row)
         return row
 
@@ -147,6 +144,7 @@ class RowPool:
         if not rows:
             return {}
         net = self.net
+        self._prefill([row for row in rows if row.prompt is not None])
         assert self.slab is not None
         canvas = torch.cat([row.noisy for row in rows])
         soft = None
@@ -163,6 +161,44 @@ class RowPool:
             if row.finished:
                 self.remove(row)
         return reports
+
+    def _prefill(self, joining: list[Row]) -> None:
+        """The prompts of rows that joined since the last step, in blocks of `PREFILL_CHUNK` tokens. With a prefix
+        cache, the blocks it already holds for these very tokens are copied instead of encoded, and the blocks encoded
+        here are kept for later prompts. Prompts of one block that reuse nothing are encoded together, in one pass."""
+        prefixes = self.prefix_cache
+        together: list[Row] = []
+        for row in joining:
+            assert row.prompt is not None
+            reused = prefixes.reuse(row.prompt, row.cache) if prefixes is not None else 0
+            if reused == 0 and len(row.prompt) <= PREFILL_CHUNK:
+                together.append(row)
+            else:
+                self._prefill_alone(row, row.prompt, reused)
+        if len(together) == 1:
+            self._prefill_alone(together[0], together[0].prompt or [], 0)
+        elif together:
+            assert self.slab is not None
+            prompts = [row.prompt or [] for row in together]
+            ids = torch.full((len(prompts), max(map(len, prompts))), self._pad, device=self._stops.device)
+            for index, prompt in enumerate(prompts):
+                ids[index, : len(prompt)] = torch.tensor(prompt, device=ids.device)
+            caches = [row.cache for row in together]
+            self.net.encode_fresh_rows(ids, list(map(len, prompts)), self.slab, [row.slot for row in together], caches)
+            if prefixes is not None:
+                for prompt, cache in zip(prompts, caches, strict=True):
+                    prefixes.keep(prompt, cache)
+        for row in joining:
+            row.prompt = None
+            row.start_canvas(self._length)
+
+    def _prefill_alone(self, row: Row, prompt_ids: list[int], start: int) -> None:
+        """A prompt's tokens from `start` on, encoded into its row's cache a block at a time."""
+        prompt = torch.tensor([prompt_ids], device=self._stops.device)
+        for block in range(start, len(prompt_ids), PREFILL_CHUNK):
+            self.net.encode(prompt[:, block : block + PREFILL_CHUNK], row.cache)
+            if self.prefix_cache is not None:
+                self.prefix_cache.keep(prompt_ids, row.cache)
 
     def _sample(self, rows: list[Row], hidden: torch.Tensor) -> dict[Row, list[Report]]:
         """Steps 1 and 3 to 6 for some rows, from their final hidden states."""
