@@ -26,10 +26,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._models import MID_CONFIG
 from benchmarks._results import write_bars
 from diffusiongemma_sdk import DiffusionGemma, Message, Tool
 from diffusiongemma_torch._backend import TorchBackend
-from tests.support.tiny_checkpoint import WORDS, TinySpec, build_tiny_checkpoint
+from tests.support.tiny_checkpoint import WORDS, build_tiny_checkpoint
 
 ADD = Tool(
     name="add",
@@ -43,11 +44,7 @@ def words(rng: random.Random, count: int) -> str:
 
 
 def build(directory: Path) -> None:
-    spec = TinySpec(
-        vocab=32768, hidden=512, layers=("sliding_attention",) * 3 + ("full_attention",), sliding_window=512,
-        canvas=256, experts=16, top_k=4, heads=8, kv_heads=4, head_dim=64, global_head_dim=128, global_kv_heads=2,
-    )  # fmt: skip
-    build_tiny_checkpoint(directory, spec)
+    build_tiny_checkpoint(directory, MID_CONFIG)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ each row with its own generator and cache.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -24,20 +25,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._models import MID_CONFIG, synchronize
 from benchmarks._results import write_bars
 from diffusiongemma_sdk._local.settings import SamplerSettings
 from diffusiongemma_torch._checkpoint import load_checkpoint
 from diffusiongemma_torch._engine import CanvasCommitted, generate_canvases
 from diffusiongemma_torch._pool import RowPool
-from tests.support.tiny_checkpoint import TinySpec, build_tiny_checkpoint
+from tests.support.tiny_checkpoint import build_tiny_checkpoint
 
 
 def build(directory: Path, args: argparse.Namespace) -> None:
-    spec = TinySpec(
-        vocab=args.vocab, hidden=args.hidden, layers=("sliding_attention",) * 3 + ("full_attention",),
-        sliding_window=512, canvas=args.canvas, experts=args.experts, top_k=args.top_k, heads=8, kv_heads=4,
-        head_dim=64, global_head_dim=128, global_kv_heads=2,
-    )  # fmt: skip
+    spec = dataclasses.replace(
+        MID_CONFIG, vocab=args.vocab, hidden=args.hidden, canvas=args.canvas, experts=args.experts, top_k=args.top_k
+    )
     build_tiny_checkpoint(directory, spec)
 
 
@@ -118,11 +118,6 @@ IMPLEMENTATIONS = (
     "diffusiongemma-torch, sampler=default",
     "diffusiongemma-torch, continuous batching",
 )
-
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def main() -> None:

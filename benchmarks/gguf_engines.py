@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import random
 import subprocess
@@ -72,14 +73,10 @@ def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def mid_checkpoint(folder: Path) -> Path:
-    from tests.support.tiny_checkpoint import TinySpec, build_tiny_checkpoint
+    from benchmarks._models import MID_CONFIG
+    from tests.support.tiny_checkpoint import build_tiny_checkpoint
 
-    spec = TinySpec(
-        vocab=32768, hidden=512, layers=("sliding_attention",) * 3 + ("full_attention",), sliding_window=512,
-        canvas=256, experts=16, top_k=4, heads=8, kv_heads=4, head_dim=64, global_head_dim=128, global_kv_heads=2,
-        tokenizer="demo",
-    )  # fmt: skip
-    return build_tiny_checkpoint(folder / "mid", spec)
+    return build_tiny_checkpoint(folder / "mid", dataclasses.replace(MID_CONFIG, tokenizer="demo"))
 
 
 def main() -> None:

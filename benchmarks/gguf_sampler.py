@@ -16,6 +16,7 @@ sampler's confident step, which is slow, once) and the ratio.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -27,13 +28,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support, run as a script
 
+from benchmarks._models import MID_CONFIG
 from diffusiongemma_gguf import GGUFHeader, default_threads
 from diffusiongemma_gguf._convert import convert_checkpoint
 from diffusiongemma_gguf._llama import LlamaCppModel
 from diffusiongemma_gguf._numpy_sampler import NumpyStepSampler
 from diffusiongemma_gguf._torch_sampler import TorchStepSampler
 from diffusiongemma_sdk._local.settings import SamplerSettings
-from tests.support.tiny_checkpoint import TinySpec, build_tiny_checkpoint
+from tests.support.tiny_checkpoint import build_tiny_checkpoint
 
 SETTINGS = SamplerSettings(
     max_denoising_steps=48, entropy_bound=0.1, t_min=0.4, t_max=0.8, confidence_threshold=0.005, stability_threshold=1
@@ -69,11 +71,7 @@ def main() -> None:
             rows.append((f"sampling, {name}, {kind}", seconds))
             sampler.close()
     with tempfile.TemporaryDirectory() as scratch:
-        spec = TinySpec(
-            vocab=args.vocab, hidden=512, layers=("sliding_attention",) * 3 + ("full_attention",), sliding_window=512,
-            canvas=args.canvas, experts=16, top_k=4, heads=8, kv_heads=4, head_dim=64, global_head_dim=128,
-            global_kv_heads=2, tokenizer="demo",
-        )  # fmt: skip
+        spec = dataclasses.replace(MID_CONFIG, vocab=args.vocab, canvas=args.canvas, tokenizer="demo")
         checkpoint = build_tiny_checkpoint(Path(scratch) / "mid", spec)
         path = convert_checkpoint(str(checkpoint), Path(scratch) / "mid.gguf", out_type="f16")
         header = GGUFHeader.read(path)

@@ -16,6 +16,7 @@ vocabulary-sized tensors); the table says how far the step is from it. `--compil
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -27,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._models import MID_CONFIG, synchronize
 from benchmarks._results import write_bars
 from diffusiongemma_sdk._local.settings import SamplerSettings
 from diffusiongemma_torch._checkpoint import load_checkpoint
@@ -40,11 +42,7 @@ PEAKS = {  # dense bf16 tensor FLOP/s and memory bandwidth in bytes/s, from the 
     "A100": (312e12, 2.0e12),
 }
 CONFIGS = {
-    "mid": TinySpec(
-        vocab=32768, hidden=512, layers=("sliding_attention",) * 3 + ("full_attention",), sliding_window=512,
-        canvas=256, experts=16, top_k=4, heads=8, kv_heads=4, head_dim=64, global_head_dim=128, global_kv_heads=2,
-        context=131072,
-    ),
+    "mid": dataclasses.replace(MID_CONFIG, context=131072),
     "real-slice": TinySpec(
         vocab=262144, hidden=2816, layers=("sliding_attention", "full_attention"), sliding_window=1024, canvas=256,
         experts=128, top_k=8, heads=16, kv_heads=8, head_dim=256, global_head_dim=512, global_kv_heads=2,
@@ -102,11 +100,6 @@ def run(args: argparse.Namespace, directory: Path, compile_mode: str | None) -> 
         synchronize(args.device)
         times.append(time.perf_counter() - started)
     return times
-
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def main() -> None:

@@ -166,31 +166,34 @@ class RowPool:
         """The prompts of rows that joined since the last step, in blocks of `PREFILL_CHUNK` tokens. With a prefix
         cache, the blocks it already holds for these very tokens are copied instead of encoded, and the blocks encoded
         here are kept for later prompts. Prompts of one block that reuse nothing are encoded together, in one pass."""
-        prefixes = self.prefix_cache
-        together: list[Row] = []
+        together: list[tuple[Row, list[int]]] = []
         for row in joining:
             assert row.prompt is not None
-            reused = prefixes.reuse(row.prompt, row.cache) if prefixes is not None else 0
+            reused = self.prefix_cache.reuse(row.prompt, row.cache) if self.prefix_cache is not None else 0
             if reused == 0 and len(row.prompt) <= PREFILL_CHUNK:
-                together.append(row)
+                together.append((row, row.prompt))
             else:
                 self._prefill_alone(row, row.prompt, reused)
-        if len(together) == 1:
-            self._prefill_alone(together[0], together[0].prompt or [], 0)
+        if len(together) == 1:  # alone, as a prompt served one at a time always was
+            self._prefill_alone(*together[0], start=0)
         elif together:
-            assert self.slab is not None
-            prompts = [row.prompt or [] for row in together]
-            ids = torch.full((len(prompts), max(map(len, prompts))), self._pad, device=self._stops.device)
-            for index, prompt in enumerate(prompts):
-                ids[index, : len(prompt)] = torch.tensor(prompt, device=ids.device)
-            caches = [row.cache for row in together]
-            self.net.encode_fresh_rows(ids, list(map(len, prompts)), self.slab, [row.slot for row in together], caches)
-            if prefixes is not None:
-                for prompt, cache in zip(prompts, caches, strict=True):
-                    prefixes.keep(prompt, cache)
+            self._prefill_together(together)
         for row in joining:
             row.prompt = None
             row.start_canvas(self._length)
+
+    def _prefill_together(self, rows: list[tuple[Row, list[int]]]) -> None:
+        """Prompts of one block each, into empty caches, in one causal pass over right-padded rows."""
+        assert self.slab is not None
+        prompts = [prompt for _, prompt in rows]
+        ids = torch.full((len(prompts), max(map(len, prompts))), self._pad, device=self._stops.device)
+        for index, prompt in enumerate(prompts):
+            ids[index, : len(prompt)] = torch.tensor(prompt, device=ids.device)
+        caches = [row.cache for row, _ in rows]
+        self.net.encode_fresh_rows(ids, list(map(len, prompts)), self.slab, [row.slot for row, _ in rows], caches)
+        if self.prefix_cache is not None:
+            for prompt, cache in zip(prompts, caches, strict=True):
+                self.prefix_cache.keep(prompt, cache)
 
     def _prefill_alone(self, row: Row, prompt_ids: list[int], start: int) -> None:
         """A prompt's tokens from `start` on, encoded into its row's cache a block at a time."""
