@@ -39,7 +39,8 @@ DEMO_PROMPT = re.search(r"^DEMO_PROMPT \?= (.+)$", (Path(__file__).parents[1] / 
 
 
 async def test_sort_request_gets_the_sorted_list_and_stops_early(demo: AsyncDiffusionGemma) -> None:
-    generation = await demo.generate("Sort these numbers: 17 4 9", seed=0)
+    # the demo model sorts this list at most seeds, not all: 9 of seeds 0-9 (docs/demo-model.md); 1 is one of them
+    generation = await demo.generate("Sort these numbers: 17 4 9", seed=1)
     assert generation.text == "4 9 17"
     assert generation.finish_reason == "stop"
     usage = generation.usage

@@ -84,7 +84,8 @@ class TorchBackend(LocalBackend):
     async def _events(self, request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
         scheduler = self._scheduler
         async with scheduler.arriving():
-            job = await anyio.to_thread.run_sync(self._prepare, request, limiter=scheduler.worker)
+            # not in the engine's worker: requests are prepared while the rows step, ready to join the next pass
+            job = await anyio.to_thread.run_sync(self._prepare, request)
             scheduler.submit(job)
         try:
             while True:

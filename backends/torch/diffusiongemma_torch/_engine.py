@@ -23,6 +23,7 @@ from diffusiongemma_torch._sampler import (
     LinearTemperatureSchedule,
     SharedRandomness,
     StableAndConfidentStop,
+    VocabBuffers,
     ban_tokens,
     entropy_bound_acceptance,
     self_conditioning_probabilities,
@@ -104,13 +105,14 @@ def _canvases(
     pad_token_id: int,
 ) -> Iterator[DenoiseStep | CanvasCommitted]:
     batch = BatchRows(cache, limits)
+    buffers = VocabBuffers()  # every canvas's steps reuse them
     committed: torch.Tensor | None = None
     canvas_index = 0
     while True:
         if committed is not None:  # 6. commit (the previous canvas): the encoder writes it into the KV cache
             net.encode(committed, batch.cache)
         passes_before = batch.passes.clone()
-        argmax = yield from _denoise_canvas(net, batch, settings, randomness, canvas_index)
+        argmax = yield from _denoise_canvas(net, batch, settings, randomness, buffers, canvas_index)
         committed = batch.commit(argmax, canvas_index, stop_tokens, pad_token_id)
         yield CanvasCommitted(
             canvas_index=canvas_index,
@@ -129,11 +131,13 @@ def _denoise_canvas(
     batch: BatchRows,
     settings: SamplerSettings,
     randomness: SharedRandomness,
+    buffers: VocabBuffers,
     canvas_index: int,
 ) -> Generator[DenoiseStep, None, torch.Tensor]:
     """Denoise one canvas until every row has converged or the steps run out; returns the argmax canvas."""
     device = batch.finished.device
     rows = CanvasRows(batch, net.config.canvas_length, randomness)
+    shape = (*rows.shape, net.config.vocab_size)
     schedule = LinearTemperatureSchedule(settings.t_min, settings.t_max, settings.max_denoising_steps)
     stop = StableAndConfidentStop(
         settings.stability_threshold, settings.confidence_threshold, settings.max_denoising_steps, rows.shape, device
@@ -143,8 +147,12 @@ def _denoise_canvas(
         # 1. temperature: linear from t_max at the first step towards t_min at the last
         temperature = schedule.at(steps_left, device)
         # 2. forward: the decoder re-predicts the whole canvas from its noisy tokens and the last step's soft tokens
-        scaled = ban_tokens(net.denoise(rows.canvas, batch.cache, rows.soft), settings.banned_token_ids) / temperature
-        probabilities, entropy = token_distribution(scaled, reference=settings.reference)
+        logits = net.denoise(rows.canvas, batch.cache, rows.soft, out=buffers.get("logits", shape, device))
+        ban_tokens(logits, settings.banned_token_ids)
+        scaled = logits.div_(temperature)
+        probabilities, entropy = token_distribution(
+            scaled, reference=settings.reference, out=buffers.get("probabilities", shape, device)
+        )
         # 3. accept: the lowest-entropy positions within the entropy bound take a token sampled at this temperature
         accepted = entropy_bound_acceptance(entropy, settings.entropy_bound)
         # 4. renoise: every other position is redrawn uniformly from the vocabulary

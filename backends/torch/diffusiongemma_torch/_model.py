@@ -373,15 +373,18 @@ class DiffusionGemmaTextNet(nn.Module):
         cache.valid = all_valid
         return self.logits(x) if logits else None
 
-    def denoise(self, canvas: torch.Tensor, cache: KVCache, soft: torch.Tensor | None = None) -> torch.Tensor:
-        """Run bidirectionally over a canvas against the cache (never written). Returns fp32 logits.
+    def denoise(
+        self, canvas: torch.Tensor, cache: KVCache, soft: torch.Tensor | None = None, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Run bidirectionally over a canvas against the cache (never written). Returns fp32 logits (in `out` when
+        given: see `logits`).
 
         `soft` is the self-conditioning signal at hidden size (`soft_embedding` of the previous step's logits).
         """
         positions = torch.arange(cache.length, cache.length + canvas.shape[1], device=canvas.device)
         masks = {sliding: self._canvas_mask(cache, canvas.shape[1], sliding) for sliding in (False, True)}
         attention = _in_cache(cache, masks, causal=False)
-        return self.logits(self._layers(self._canvas_input(canvas, soft), positions, attention, encoder=False))
+        return self.logits(self._layers(self._canvas_input(canvas, soft), positions, attention, encoder=False), out)
 
     def denoise_rows(
         self, canvas: torch.Tensor, slab: CacheSlab, caches: Sequence[KVCache], soft: torch.Tensor | None = None
@@ -459,12 +462,18 @@ class DiffusionGemmaTextNet(nn.Module):
         weight = self.embed_tokens.weight
         return torch.tensor(self.config.hidden_size**0.5, device=weight.device).to(weight.dtype)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """fp32 logits (softcapped) of final hidden states."""
+    def logits(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """fp32 logits (softcapped) of final hidden states, written into `out` when given (fp32, of their shape)."""
         x = rms_norm(x, self.norm.weight, self.config.rms_norm_eps)
-        logits = F.linear(x, self.embed_tokens.weight).float()
+        weight = self.embed_tokens.weight
+        if out is None:
+            logits = F.linear(x, weight).float()
+        elif x.dtype == torch.float32:
+            logits = torch.matmul(x, weight.t(), out=out)  # what F.linear computes, bit for bit
+        else:
+            logits = out.copy_(F.linear(x, weight))
         cap = self.config.final_logit_softcapping
-        return logits if cap is None else torch.tanh(logits / cap) * cap
+        return logits if cap is None else logits.div_(cap).tanh_().mul_(cap)  # tanh(logits / cap) * cap, in place
 
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """cos and sin per layer type, [1 or rows, tokens, head_dim], for positions [tokens] or [rows, tokens]."""

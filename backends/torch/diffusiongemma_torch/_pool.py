@@ -29,6 +29,7 @@ from diffusiongemma_torch._sampler import (
     LinearTemperatureSchedule,
     SharedRandomness,
     StableAndConfidentStop,
+    VocabBuffers,
     ban_tokens,
     entropy_bound_acceptance,
     self_conditioning_probabilities,
@@ -94,6 +95,7 @@ class RowPool:
         self.prefix_cache = prefix_cache
         self.rows: list[Row] = []  # row i holds slot i of the slab
         self.slab: CacheSlab | None = None
+        self.buffers = VocabBuffers()  # the sampling's vocabulary-sized tensors, reused from step to step
         self._length = net.config.canvas_length
         self._vocab = net.config.vocab_size
         self._stops = torch.tensor(stop_token_ids, device=net.embed_tokens.weight.device)
@@ -135,6 +137,7 @@ class RowPool:
             self.rows[row.slot] = last
         if not self.rows:
             self.slab = None  # an idle engine holds no cache
+            self.buffers.release()
 
     @torch.inference_mode()
     def step(self) -> dict[Row, list[Report]]:
@@ -206,15 +209,14 @@ class RowPool:
     def _sample(self, rows: list[Row], hidden: torch.Tensor) -> dict[Row, list[Report]]:
         """Steps 1 and 3 to 6 for some rows, from their final hidden states."""
         net, device = self.net, hidden.device
-        logits = net.logits(hidden)
+        shape = (len(rows), self._length, self._vocab)
+        logits = net.logits(hidden, out=self.buffers.get("logits", shape, device))
         for index, row in enumerate(rows):
-            if row.settings.banned_token_ids:
-                logits[index : index + 1] = ban_tokens(logits[index : index + 1], row.settings.banned_token_ids)
+            ban_tokens(logits[index], row.settings.banned_token_ids)
         # 1. temperature: each row's schedule, linear from t_max at its first step towards t_min at its last
         temperature = torch.stack([row.schedule.at(row.steps_left, device) for row in rows]).view(-1, 1, 1)
-        scaled = logits / temperature
-        del logits
-        probabilities, entropy = self._distribution(rows, scaled)
+        scaled = logits.div_(temperature)
+        probabilities, entropy = self._distribution(rows, scaled, self.buffers.get("probabilities", shape, device))
         # 3. accept: each row's lowest-entropy positions within its own entropy bound
         bounds = torch.tensor([[row.settings.entropy_bound] for row in rows], device=device)
         accepted = entropy_bound_acceptance(entropy, bounds)
@@ -227,22 +229,27 @@ class RowPool:
             row.argmax = argmax[one]
             reports[row] = self._advance(row, accepted[one], entropy[one])
         # the soft tokens the next step reads, only for rows whose canvas goes on (a new canvas starts without them):
-        # a row at a time, so that no copy of the vocabulary-sized probabilities is made
-        for index, row in enumerate(rows):
-            if not isinstance(reports[row][-1], CanvasCommitted):
-                one = slice(index, index + 1)
-                row.soft = net.soft_embedding(
-                    self_conditioning_probabilities(scaled[one], probabilities[one], net.dtype)
-                )
+        # one product per run of such rows, so that no copy of the vocabulary-sized probabilities is made
+        going_on = [not isinstance(reports[row][-1], CanvasCommitted) for row in rows]
+        for start, stop in _runs(going_on):
+            run = slice(start, stop)
+            soft = net.soft_embedding(self_conditioning_probabilities(scaled[run], probabilities[run], net.dtype))
+            for offset, row in enumerate(rows[run]):
+                row.soft = soft[offset : offset + 1]
         return reports
 
-    def _distribution(self, rows: list[Row], scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Probabilities and entropies; rows of the reference sampler get the reference's own entropy arithmetic."""
+    def _distribution(
+        self, rows: list[Row], scaled: torch.Tensor, out: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities (into `out`) and entropies; rows of the reference sampler get the reference's own entropy
+        arithmetic."""
         flags = [row.settings.reference for row in rows]
         if all(flags) or not any(flags):
-            return token_distribution(scaled, reference=flags[0])
-        parts = [token_distribution(scaled[i : i + 1], reference=flag) for i, flag in enumerate(flags)]
-        return torch.cat([p for p, _ in parts]), torch.cat([e for _, e in parts])
+            return token_distribution(scaled, reference=flags[0], out=out)
+        entropies = [
+            token_distribution(scaled[i : i + 1], reference=flag, out=out[i : i + 1])[1] for i, flag in enumerate(flags)
+        ]
+        return out, torch.cat(entropies)
 
     def _advance(self, row: Row, accepted: torch.Tensor, entropy: torch.Tensor) -> list[Report]:
         """5. stop, and the row's report of this step (and 6. its commit when the canvas is done)."""
@@ -302,3 +309,16 @@ class RowPool:
                 row.cache.rebind(*self.slab.views(row.slot))
                 row.cache.capacity = wanted_capacity
         return self.slab
+
+
+def _runs(flags: list[bool]) -> list[tuple[int, int]]:
+    """The [start, stop) ranges of consecutive True entries."""
+    runs: list[tuple[int, int]] = []
+    for index, flag in enumerate(flags):
+        if not flag:
+            continue
+        if runs and runs[-1][1] == index:
+            runs[-1] = (runs[-1][0], index + 1)
+        else:
+            runs.append((index, index + 1))
+    return runs

@@ -31,13 +31,17 @@ from diffusiongemma_torch._pool import Row, RowPool
 from diffusiongemma_torch._prefix import PrefixCache
 from diffusiongemma_torch._progress import row_events
 
-__all__ = ["ADMISSION_WAIT_S", "ADMISSION_WINDOW_S", "Job", "Scheduler"]
+__all__ = ["ADMISSION_WAIT_S", "ADMISSION_WINDOW_S", "JOIN_WAIT_S", "Job", "Scheduler", "StepLock"]
 
 ADMISSION_WINDOW_S = 0.02
 """How long an idle engine waits for requests sent at the same moment that have not arrived yet (callers hop threads
 and loops on their way: LangChain's fan-outs, a server's concurrent connections)."""
 ADMISSION_WAIT_S = 0.25
 """The longest an idle engine waits for requests still being prepared (a steady stream of arrivals starves no one)."""
+
+JOIN_WAIT_S = 0.05
+"""The longest a running engine with free rows waits before a step for requests being prepared (rendered and
+tokenized), so that they join this step rather than the next: a pass with more rows costs little more."""
 
 
 @dataclass(eq=False)
@@ -55,6 +59,30 @@ class Job:
     left: bool = False  # its reader is gone
 
 
+class StepLock:
+    """The engine's lock, held while a step runs. A request waiting for a step's events waits for the step to end,
+    not for its turn at the lock: a finished request's reader is never queued behind the next step."""
+
+    def __init__(self) -> None:
+        self._lock = anyio.Lock()
+        self._released = anyio.Event()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    async def released(self) -> None:
+        """Wait until the lock is next released."""
+        await self._released.wait()
+
+    async def __aenter__(self) -> None:
+        await self._lock.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._lock.release()
+        self._released.set()
+        self._released = anyio.Event()
+
+
 class Scheduler:
     """The waiting and running requests of one loaded checkpoint."""
 
@@ -69,7 +97,7 @@ class Scheduler:
             pad_token_id=defaults.pad_token_id,
             prefix_cache=prefixes,
         )
-        self.engine = anyio.Lock()  # held while a step runs
+        self.engine = StepLock()  # held while a step runs
         self.worker = anyio.CapacityLimiter(1)
         self.waiting: list[Job] = []
         self.running: list[Job] = []
@@ -106,9 +134,15 @@ class Scheduler:
         """Run steps until `job` has events (or is finished); another request's step may give it them first."""
         if not self.running and self.max_batch > 1:
             await self._arrivals_settled()
+        while self.engine.locked():  # a step is running: its end may bring this job's events (or its end)
+            await self.engine.released()
+            if job.pending or job.finished:
+                return
         async with self.engine:
             if job.pending or job.finished:
                 return
+            if len(self.running) + len(self.waiting) < self.max_batch:  # requests being prepared join this step
+                await self._until_prepared(JOIN_WAIT_S)
             with anyio.CancelScope(shield=True):  # a step's events belong to every request in it
                 await self._run_step()
 
@@ -168,7 +202,11 @@ class Scheduler:
     async def _arrivals_settled(self) -> None:
         """Wait a little for requests sent together, and for those still being prepared, so they start together."""
         await anyio.sleep(ADMISSION_WINDOW_S)
-        with anyio.move_on_after(ADMISSION_WAIT_S):
+        await self._until_prepared(ADMISSION_WAIT_S)
+
+    async def _until_prepared(self, limit_s: float) -> None:
+        """Wait (at most `limit_s`) until no request is being prepared."""
+        with anyio.move_on_after(limit_s):
             while self.preparing:
                 if self._prepared is None:
                     self._prepared = anyio.Event()
