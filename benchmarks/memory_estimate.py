@@ -11,6 +11,7 @@ prints it beside what `_admission` estimates for it (`pool_bytes`). CPU, fp32.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import sys
 import tempfile
@@ -48,6 +49,7 @@ def measure(net: Any, rows: int, context: int, canvases: int) -> int:
         stability_threshold=1,
     )  # fmt: skip
     gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # what earlier runs freed goes back to the system, out of `before`
     Path("/proc/self/clear_refs").write_text("5")  # the peak starts again from what is resident now
     before = resident_kib("VmRSS")
     pool = RowPool(net, stop_token_ids=(1,), pad_token_id=0)

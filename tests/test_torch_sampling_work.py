@@ -40,7 +40,7 @@ def test_the_distribution_holds_no_subnormal_and_its_entropy_is_the_plain_one(
 ) -> None:
     logits = confident_logits()
     assert bool(((torch.softmax(logits, -1) > 0) & (torch.softmax(logits, -1) < TINY)).any())  # the case at hand
-    monkeypatch.setattr(sampler, "ENTROPY_CHUNK_BYTES", 5 * logits.shape[-1] * 4)  # five positions at a time
+    monkeypatch.setattr(sampler, "CHUNK_BYTES", 5 * logits.shape[-1] * 4)  # five positions at a time
     probabilities, entropy = sampler.token_distribution(logits, reference=reference)
     assert not bool(((probabilities > 0) & (probabilities < TINY)).any())
     plain = torch.softmax(logits, dim=-1)
@@ -59,10 +59,12 @@ def test_the_self_conditioning_product_is_the_same_without_subnormals() -> None:
     assert torch.equal(probabilities @ embedding, torch.softmax(logits, dim=-1) @ embedding)
 
 
-def test_the_inverse_cdf_never_draws_a_token_of_probability_zero() -> None:
+def test_the_inverse_cdf_never_draws_a_token_of_probability_zero(monkeypatch: pytest.MonkeyPatch) -> None:
     probabilities = torch.tensor([[0.0, 0.5, 0.0, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0, 0.0]])
+    monkeypatch.setattr(sampler, "CHUNK_BYTES", 2 * 5 * 4)  # two rows at a time
     generator = torch.Generator().manual_seed(3)
-    draws = torch.stack([sampler._inverse_cdf(probabilities, generator) for _ in range(2000)])
+    rows = torch.arange(3)
+    draws = torch.stack([sampler._inverse_cdf(probabilities, rows, generator) for _ in range(2000)])
     assert set(draws[:, 0].tolist()) == {1, 3}
     assert set(draws[:, 1].tolist()) == {4}
     assert set(draws[:, 2].tolist()) == {0}

@@ -31,9 +31,10 @@ PREFILL_CHUNK = 256
 """Prompt tokens encoded per pass: a long prompt's attention masks grow with chunk x context, not context squared."""
 DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
 _WORKSPACE_COPIES = 6  # logits, probabilities, noise and entropy buffers of one canvas, fp32
-SAMPLING_COPIES = 3
-"""fp32 canvas-by-vocabulary tensors alive at once while a row samples (logits, scaled, probabilities and the
-entropy's temporaries)."""
+SAMPLING_COPIES = 2
+"""fp32 canvas-by-vocabulary tensors alive at once while a row samples with the default sampler: the logits (scaled
+in place) and the probabilities; the entropy and the draw take a few positions at a time (`_sampler.CHUNK_BYTES`).
+The reference sampler's exponential noise adds two more (what `_WORKSPACE_COPIES` counts)."""
 SAMPLING_WORKSPACE_BYTES = 512 * 2**20
 """How much the pool's sampling may hold at once: rows sample together up to this (at least one at a time)."""
 

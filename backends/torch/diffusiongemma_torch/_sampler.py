@@ -127,10 +127,10 @@ class SharedRandomness:
             picked = probabilities.view(-1, self._vocab)[flat] / noise.exponential(flat)
             next_canvas.view(-1)[flat] = torch.argmax(picked, dim=-1)
             return next_canvas
-        positions = accepted.nonzero(as_tuple=True)
-        draws = _inverse_cdf(probabilities[positions], self._generator)
+        positions = accepted.view(-1).nonzero().squeeze(-1)
+        draws = _inverse_cdf(probabilities.view(-1, self._vocab), positions, self._generator)
         next_canvas = self._uniform()
-        next_canvas[positions] = draws
+        next_canvas.view(-1)[positions] = draws
         return next_canvas
 
     def close(self) -> None:
@@ -157,9 +157,10 @@ class LinearTemperatureSchedule:
         return self.t_min + (self.t_max - self.t_min) * (step / self.steps)
 
 
-ENTROPY_CHUNK_BYTES = 4 * 2**20
-"""The entropy is computed this many bytes of probabilities at a time: its temporaries stay small enough for the
-allocator to recycle them, instead of mapping fresh memory for every vocabulary-sized one."""
+CHUNK_BYTES = 4 * 2**20
+"""The entropy and the default sampler's draw take this many bytes of vocabulary-sized rows at a time: their
+temporaries stay small enough for the allocator to recycle them (instead of mapping fresh memory for every
+vocabulary-sized one), and a step holds no more than its logits and probabilities."""
 
 
 class VocabBuffers:
@@ -192,7 +193,7 @@ def token_distribution(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each position's fp32 probabilities ([B, L, V], written into `out` when given) and entropy in nats ([B, L])
     under the temperature-scaled logits; the reference sampler computes the entropy with `Categorical`'s operations,
-    bit for bit. The entropy runs a few positions at a time (`ENTROPY_CHUNK_BYTES`): each position's arithmetic is
+    bit for bit. The entropy runs a few positions at a time (`CHUNK_BYTES`): each position's arithmetic is
     the same, and so are its bits."""
     if out is None:
         probabilities = torch.softmax(scaled_logits, dim=-1, dtype=torch.float32)
@@ -204,29 +205,33 @@ def token_distribution(
     torch.threshold_(probabilities, torch.finfo(torch.float32).tiny, 0.0)
     vocab = scaled_logits.shape[-1]
     flat_logits, flat_probabilities = scaled_logits.reshape(-1, vocab), probabilities.view(-1, vocab)
-    positions = max(1, ENTROPY_CHUNK_BYTES // (vocab * 4))
-    entropy = torch.cat(
-        [
-            _categorical_entropy(flat_logits[start : start + positions])
-            if reference
-            else _entropy(flat_logits[start : start + positions], flat_probabilities[start : start + positions])
-            for start in range(0, len(flat_logits), positions)
-        ]
-    )
+    positions = max(1, CHUNK_BYTES // (vocab * 4))
+    scratch = flat_logits.new_empty(2, min(positions, len(flat_logits)), vocab)  # every chunk's temporaries
+    entropy = flat_logits.new_empty(len(flat_logits))
+    for start in range(0, len(flat_logits), positions):
+        chunk = slice(start, start + positions)
+        if reference:
+            entropy[chunk] = _categorical_entropy(flat_logits[chunk], scratch)
+        else:
+            entropy[chunk] = _entropy(flat_logits[chunk], flat_probabilities[chunk], scratch)
     return probabilities, entropy.view(scaled_logits.shape[:-1])
 
 
-def _entropy(scaled_logits: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
-    return _logsumexp(scaled_logits) - (probabilities * scaled_logits).sum(dim=-1)
+def _entropy(scaled_logits: torch.Tensor, probabilities: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """logsumexp(s) - sum(p * s) of some positions, in `scratch` ([2, >= positions, V])."""
+    products = torch.mul(probabilities, scaled_logits, out=scratch[1, : len(scaled_logits)])
+    return _logsumexp(scaled_logits, scratch[0]) - products.sum(dim=-1)
 
 
-def _logsumexp(logits: torch.Tensor) -> torch.Tensor:
+def _logsumexp(logits: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
     """`torch.logsumexp(logits, dim=-1)`, bit for bit, without its subnormal terms: each `exp(x - max)` is taken at
     `x - max >= -87` (1.6e-38, the smallest normal numbers), which changes no sum that holds `exp(0) = 1`. A CPU's
-    vectorized `exp` is some 25 times slower where its results are subnormal, as a confident model's are."""
+    vectorized `exp` is some 25 times slower where its results are subnormal, as a confident model's are. Its
+    temporary goes into `scratch` when given ([>= positions, V])."""
     maxes = torch.amax(logits, dim=-1, keepdim=True)
     maxes = maxes.masked_fill(maxes.abs() == float("inf"), 0.0)
-    return (logits - maxes).clamp_(min=-87.0).exp_().sum(dim=-1).log_().add_(maxes.squeeze(-1))
+    shifted = logits - maxes if scratch is None else torch.sub(logits, maxes, out=scratch[: len(logits)])
+    return shifted.clamp_(min=-87.0).exp_().sum(dim=-1).log_().add_(maxes.squeeze(-1))
 
 
 def self_conditioning_probabilities(
@@ -280,21 +285,32 @@ def ban_tokens(logits: torch.Tensor, token_ids: tuple[int, ...]) -> None:
         logits[..., list(token_ids)] = BANNED_LOGIT
 
 
-def _inverse_cdf(probabilities: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One token per row of `probabilities` ([N, V]), drawn from it with one uniform number per row: the first token
-    whose cumulative probability passes it (a token of probability 0 is never drawn)."""
-    cumulative = probabilities.cumsum(dim=-1)
-    uniform = torch.rand(len(probabilities), 1, generator=generator, device=probabilities.device)
-    tokens = torch.searchsorted(cumulative, uniform * cumulative[:, -1:], right=True)
-    return tokens.clamp_(max=probabilities.shape[-1] - 1).squeeze(-1)  # a sum rounded below its last term
+def _inverse_cdf(probabilities: torch.Tensor, rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One token for each of `rows` of `probabilities` ([N, V]), drawn with one uniform number per row: the first token
+    whose cumulative probability passes it (a token of probability 0 is never drawn). `CHUNK_BYTES` of rows at a
+    time."""
+    uniform = torch.rand(len(rows), 1, generator=generator, device=probabilities.device)
+    vocab = probabilities.shape[-1]
+    step = max(1, CHUNK_BYTES // (vocab * 4))
+    scratch = probabilities.new_empty(min(step, len(rows)), vocab)
+    tokens = []
+    for start in range(0, len(rows), step):
+        chosen = rows[start : start + step]
+        cumulative = torch.index_select(probabilities, 0, chosen, out=scratch[: len(chosen)]).cumsum_(dim=-1)
+        scaled = uniform[start : start + step] * cumulative[:, -1:]
+        tokens.append(torch.searchsorted(cumulative, scaled, right=True))
+    drawn = torch.cat(tokens) if tokens else rows.new_empty(0, 1)
+    return drawn.clamp_(max=vocab - 1).squeeze(-1)  # a sum rounded below its last term
 
 
-def _categorical_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy computed with the operations of `torch.distributions.Categorical(logits=...).entropy()`.
+def _categorical_entropy(logits: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """Entropy computed with the operations of `torch.distributions.Categorical(logits=...).entropy()`, in `scratch`
+    ([2, >= positions, V]).
 
     Its clamp to the dtype's minimum is left out: the logits here are finite, so it changes no bit; its logsumexp is
     `_logsumexp`, the same bits.
     """
-    normalized = logits - _logsumexp(logits).unsqueeze(-1)
-    probabilities = torch.softmax(normalized, dim=-1)
-    return -(normalized * probabilities).sum(-1)
+    rows = len(logits)
+    normalized = torch.sub(logits, _logsumexp(logits, scratch[0]).unsqueeze(-1), out=scratch[0, :rows])
+    probabilities = torch.softmax(normalized, dim=-1, out=scratch[1, :rows])
+    return -torch.mul(normalized, probabilities, out=scratch[0, :rows]).sum(-1)
