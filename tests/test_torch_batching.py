@@ -142,51 +142,6 @@ async def test_a_request_joins_the_running_pass_at_the_next_step() -> None:
     same_generation(quick, (await solo_answers())[0])
 
 
-async def test_requests_prepared_while_the_pool_steps_join_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Requests still being rendered when the next step is due join that step together, each with its own answer
-    (they are prepared beside the engine's worker, which waits up to `JOIN_WAIT_S` for them while it has room)."""
-    expected = await solo_answers()
-    slow = {"max_denoising_steps": 200, "confidence_threshold": 1e-12}  # every canvas takes all its steps
-    original_prepare = TorchBackend._prepare
-
-    def staggered_prepare(self: TorchBackend, request: Any) -> Any:
-        time.sleep({0: 0.0, 2: 0.02, 3: 0.04}.get(request.seed, 0.0))  # they finish rendering at different steps
-        return original_prepare(self, request)
-
-    original_admit = Scheduler._admit
-    rows_per_pass: list[int] = []
-
-    def traced_admit(self: Scheduler) -> None:
-        original_admit(self)
-        rows_per_pass.append(len(self.running))
-
-    monkeypatch.setattr(TorchBackend, "_prepare", staggered_prepare)
-    monkeypatch.setattr(Scheduler, "_admit", traced_admit)
-    async with AsyncDiffusionGemma("torch:demo", backend_options={"max_batch": 4}) as client:
-        backend = client.backend
-        assert isinstance(backend, TorchBackend)
-        answers: dict[int, Generation] = {}
-        async with client.stream(PROMPTS[1], seed=1, diffusion=slow, drafts=True, max_tokens=32) as long:
-            async for event in long:
-                if isinstance(event, DenoiseStepEvent) and event.step == 3:
-                    break
-            rows_per_pass.clear()
-
-            async def one(i: int) -> None:
-                answers[i] = await client.generate(PROMPTS[i], seed=i)
-
-            async with anyio.create_task_group() as group:
-                for i in (0, 2, 3):
-                    group.start_soon(one, i)
-                async for event in long:  # the long request's reader steps the pool meanwhile
-                    if isinstance(event, DenoiseStepEvent) and event.step == 6:
-                        break
-    joined = next(index for index, rows in enumerate(rows_per_pass) if rows > 1)
-    assert rows_per_pass[joined] == 4  # the three joined the same pass, the first any of them joined
-    for i, got in answers.items():
-        same_generation(got, expected[i])
-
-
 async def test_a_finished_request_is_answered_without_waiting_for_the_next_step(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

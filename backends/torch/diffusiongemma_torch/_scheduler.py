@@ -31,17 +31,13 @@ from diffusiongemma_torch._pool import Row, RowPool
 from diffusiongemma_torch._prefix import PrefixCache
 from diffusiongemma_torch._progress import row_events
 
-__all__ = ["ADMISSION_WAIT_S", "ADMISSION_WINDOW_S", "JOIN_WAIT_S", "Job", "Scheduler", "StepLock"]
+__all__ = ["ADMISSION_WAIT_S", "ADMISSION_WINDOW_S", "Job", "Scheduler", "StepLock"]
 
 ADMISSION_WINDOW_S = 0.02
 """How long an idle engine waits for requests sent at the same moment that have not arrived yet (callers hop threads
 and loops on their way: LangChain's fan-outs, a server's concurrent connections)."""
 ADMISSION_WAIT_S = 0.25
 """The longest an idle engine waits for requests still being prepared (a steady stream of arrivals starves no one)."""
-
-JOIN_WAIT_S = 0.05
-"""The longest a running engine with free rows waits before a step for requests being prepared (rendered and
-tokenized), so that they join this step rather than the next: a pass with more rows costs little more."""
 
 
 @dataclass(eq=False)
@@ -141,8 +137,6 @@ class Scheduler:
         async with self.engine:
             if job.pending or job.finished:
                 return
-            if len(self.running) + len(self.waiting) < self.max_batch:  # requests being prepared join this step
-                await self._until_prepared(JOIN_WAIT_S)
             with anyio.CancelScope(shield=True):  # a step's events belong to every request in it
                 await self._run_step()
 
@@ -202,11 +196,7 @@ class Scheduler:
     async def _arrivals_settled(self) -> None:
         """Wait a little for requests sent together, and for those still being prepared, so they start together."""
         await anyio.sleep(ADMISSION_WINDOW_S)
-        await self._until_prepared(ADMISSION_WAIT_S)
-
-    async def _until_prepared(self, limit_s: float) -> None:
-        """Wait (at most `limit_s`) until no request is being prepared."""
-        with anyio.move_on_after(limit_s):
+        with anyio.move_on_after(ADMISSION_WAIT_S):
             while self.preparing:
                 if self._prepared is None:
                     self._prepared = anyio.Event()
