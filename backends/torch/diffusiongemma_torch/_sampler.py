@@ -205,7 +205,7 @@ def token_distribution(
     torch.threshold_(probabilities, torch.finfo(torch.float32).tiny, 0.0)
     vocab = scaled_logits.shape[-1]
     flat_logits, flat_probabilities = scaled_logits.reshape(-1, vocab), probabilities.view(-1, vocab)
-    positions = max(1, CHUNK_BYTES // (vocab * 4))
+    positions = _rows_per_chunk(vocab)
     scratch = flat_logits.new_empty(2, min(positions, len(flat_logits)), vocab)  # every chunk's temporaries
     entropy = flat_logits.new_empty(len(flat_logits))
     for start in range(0, len(flat_logits), positions):
@@ -215,6 +215,11 @@ def token_distribution(
         else:
             entropy[chunk] = _entropy(flat_logits[chunk], flat_probabilities[chunk], scratch)
     return probabilities, entropy.view(scaled_logits.shape[:-1])
+
+
+def _rows_per_chunk(vocab: int) -> int:
+    """How many fp32 vocabulary-sized rows make `CHUNK_BYTES` (at least one)."""
+    return max(1, CHUNK_BYTES // (vocab * 4))
 
 
 def _entropy(scaled_logits: torch.Tensor, probabilities: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
@@ -291,7 +296,7 @@ def _inverse_cdf(probabilities: torch.Tensor, rows: torch.Tensor, generator: tor
     time."""
     uniform = torch.rand(len(rows), 1, generator=generator, device=probabilities.device)
     vocab = probabilities.shape[-1]
-    step = max(1, CHUNK_BYTES // (vocab * 4))
+    step = _rows_per_chunk(vocab)
     scratch = probabilities.new_empty(min(step, len(rows)), vocab)
     tokens = []
     for start in range(0, len(rows), step):
